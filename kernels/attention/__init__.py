@@ -1,0 +1,14 @@
+"""Attention kernels and the backend dispatcher (see dispatch.py)."""
+
+from .dispatch import BACKENDS, attention, resolve_backend
+from .mask import AttentionMask, dense_mask
+from .reference import attention_reference
+
+__all__ = [
+    "BACKENDS",
+    "AttentionMask",
+    "attention",
+    "attention_reference",
+    "dense_mask",
+    "resolve_backend",
+]

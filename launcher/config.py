@@ -1,0 +1,139 @@
+"""The job config: typed dataclasses (the schema) composed by Hydra from configs/.
+
+``load_config(overrides)`` is the single way a config is built, for the CLIs and the tests:
+Hydra composes YAML groups and CLI overrides against the schema (unknown keys and wrong types
+fail there), then ``validate`` checks values and cross-field rules. Every failure becomes a
+``ConfigError`` with one line that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from triforge.errors import ConfigError
+from triforge.kernels.attention import BACKENDS
+from triforge.models.config import ModelConfig
+from triforge.parallel.dims import ParallelConfig
+from triforge.trainer.config import (
+    CheckpointConfig,
+    GenerateConfig,
+    LoggingConfig,
+    OptimConfig,
+    TrainerConfig,
+)
+from triforge.trainer.data.config import DataConfig
+
+PRECISIONS = ("fp32",)
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclass
+class AttentionConfig:
+    backend: str = "auto"
+
+
+@dataclass
+class JobConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    seed: int = 1234
+    precision: str = "fp32"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+def _register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="job_schema", node=JobConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+
+
+def validate(job: JobConfig) -> None:
+    """Value and cross-field checks; raises ValueError with the arithmetic in the message."""
+    job.model.validate()
+    job.data.validate()
+    job.trainer.validate()
+    job.optim.validate()
+    job.checkpoint.validate()
+    t = job.trainer
+    if t.seq_len > job.model.max_seq_len:
+        raise ValueError(
+            f"trainer.seq_len({t.seq_len}) exceeds model.max_seq_len({job.model.max_seq_len})"
+        )
+    if t.stop_at_step and t.stop_at_step > t.max_steps:
+        raise ValueError(f"trainer.stop_at_step({t.stop_at_step}) > max_steps({t.max_steps})")
+    if job.precision not in PRECISIONS:
+        raise ValueError(f"precision='{job.precision}' is not one of {PRECISIONS}")
+    if job.attention.backend not in BACKENDS:
+        raise ValueError(f"attention.backend='{job.attention.backend}' is not one of {BACKENDS}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span lines and causes; keep the first line of each cause."""
+    parts: list[str] = []
+    while exc is not None and len(parts) < 3:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        if lines and "$VALUE" not in lines[0]:
+            first = lines[0].rstrip(".")
+            parts.append(first)
+        if "Available options" in str(exc):  # an unknown group choice, e.g. model=nope
+            options = str(exc).split("Available options", 1)[1].split("Config search path")[0]
+            names = [ln.strip() for ln in options.splitlines()[1:] if ln.strip()]
+            parts.append("choose one of " + ", ".join(n for n in names if "schema" not in n))
+        exc = exc.__cause__
+    return ": ".join(parts) or "invalid configuration"
+
+
+def load_config(overrides: list[str]) -> JobConfig:
+    """Compose configs/ with ``overrides`` (Hydra syntax) into a validated ``JobConfig``."""
+    _register()
+    try:
+        with initialize_config_module(config_module="triforge.configs", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        # Merging into the schema rejects keys that `+key=value` overrides slipped in.
+        schema = OmegaConf.structured(JobConfig)
+        OmegaConf.set_struct(schema, True)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        job = OmegaConf.to_object(OmegaConf.merge(schema, plain))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"config: {_one_line(exc)}") from None
+    try:
+        validate(job)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    return job
+
+
+def load_run_config(saved_yaml: Path, overrides: list[str]) -> JobConfig:
+    """A run's saved ``config.yaml`` with ``key=value`` overrides on top (no group choices:
+    the run's model and data are what its checkpoints hold)."""
+    schema = OmegaConf.structured(JobConfig)
+    OmegaConf.set_struct(schema, True)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.load(saved_yaml), OmegaConf.from_dotlist(overrides))
+        job = OmegaConf.to_object(merged)
+        validate(job)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"config ({saved_yaml}): {_one_line(exc)}") from None
+    return job
+
+
+def to_yaml(job: JobConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(job))

@@ -1,0 +1,116 @@
+"""Llama-style decoder: embedding, pre-norm blocks (attention + SwiGLU), final norm, head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from triforge.kernels.attention import AttentionMask
+
+from .attention import Attention, FeedForward, scaled_out_std
+from .config import ModelConfig
+from .norms import RMSNorm
+from .rope import rope_cos_sin
+
+CAUSAL = AttentionMask("causal")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, attention_backend: str):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attention = Attention(cfg, backend=attention_backend)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, mask: AttentionMask) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer. Blocks sit in an ``nn.ModuleDict`` keyed by layer index, so
+    parameter names stay the same when pipeline stages drop some blocks (``layers.3.*``) and
+    checkpoints load into any layout. ``tok_embeddings``/``norm``/``output`` may be None on
+    stages that do not own them."""
+
+    def __init__(self, cfg: ModelConfig, *, vocab_size: int, attention_backend: str = "auto"):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.tok_embeddings = nn.Embedding(vocab_size, cfg.d_model)
+        self.layers = nn.ModuleDict(
+            {str(i): Block(cfg, attention_backend=attention_backend) for i in range(cfg.n_layers)}
+        )
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        mask: AttentionMask = CAUSAL,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (b, s) -> logits (b, s, vocab) in fp32-or-wider compute of the head's dtype.
+
+        ``positions`` (s,) or (b, s) defaults to 0..s-1; packed documents may restart them.
+        """
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        if positions is None:
+            positions = torch.arange(h.shape[1], device=h.device)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        for block in self.layers.values():
+            h = block(h, cos, sin, mask)
+        h = self.norm(h) if self.norm is not None else h
+        return self.output(h) if self.output is not None else h
+
+    @torch.no_grad()
+    def init_weights(self, *, generator_seed: int | None = None) -> None:
+        """Initialize every parameter in place (after ``to_empty`` from the meta device).
+
+        The order of initialization is fixed, so one seed gives the same weights whatever
+        device the model was materialized on.
+        """
+        if generator_seed is not None:
+            torch.manual_seed(generator_seed)
+        std = self.cfg.init_std
+        out_std = scaled_out_std(std, self.cfg.n_layers)
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=std)
+        for block in self.layers.values():
+            block.attention_norm.reset_parameters()
+            block.ffn_norm.reset_parameters()
+            block.attention.init_weights(std, out_std)
+            block.feed_forward.init_weights(std, out_std)
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        if self.output is not None and not self.cfg.tie_embeddings:
+            nn.init.trunc_normal_(self.output.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    vocab_size: int,
+    attention_backend: str = "auto",
+    device: torch.device | str = "meta",
+) -> Transformer:
+    """Construct the model without allocating memory (``device='meta'`` by default).
+
+    Parallelism is applied to the meta model, then ``materialize`` allocates and initializes.
+    """
+    cfg.validate()
+    with torch.device(device):
+        return Transformer(cfg, vocab_size=vocab_size, attention_backend=attention_backend)
+
+
+def materialize(model: Transformer, device: torch.device | str, *, seed: int) -> Transformer:
+    """Allocate a meta-device model on ``device`` and initialize it from ``seed``."""
+    model.to_empty(device=device)
+    if model.cfg.tie_embeddings and model.output is not None:
+        model.output.weight = model.tok_embeddings.weight  # to_empty breaks the tie
+    model.init_weights(generator_seed=seed)
+    return model

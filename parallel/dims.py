@@ -1,0 +1,63 @@
+"""Parallel degrees: validated once, against the world size, before any process group work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ParallelConfig:
+    """Degrees of each mesh dimension; ``dp_shard=-1`` takes the ranks the others leave."""
+
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    pp: int
+    ep: int
+    world_size: int
+
+    @classmethod
+    def from_config(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
+        """Resolve ``dp_shard=-1`` and check that the degrees multiply to the world size."""
+        for name in ("dp_replicate", "tp", "pp", "ep"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"parallel.{name}({getattr(cfg, name)}) must be >= 1")
+        others = cfg.dp_replicate * cfg.tp * cfg.pp
+        dp_shard = cfg.dp_shard
+        if dp_shard == -1:
+            if world_size % others:
+                raise ValueError(
+                    f"dp_replicate({cfg.dp_replicate}) * tp({cfg.tp}) * pp({cfg.pp}) = {others} "
+                    f"does not divide WORLD_SIZE({world_size})"
+                )
+            dp_shard = world_size // others
+        elif dp_shard < 1:
+            raise ValueError(f"parallel.dp_shard({dp_shard}) must be >= 1 or -1")
+        if others * dp_shard != world_size:
+            raise ValueError(
+                f"dp_replicate({cfg.dp_replicate}) * dp_shard({dp_shard}) * tp({cfg.tp}) * "
+                f"pp({cfg.pp}) = {others * dp_shard} != WORLD_SIZE({world_size})"
+            )
+        return cls(cfg.dp_replicate, dp_shard, cfg.tp, cfg.pp, cfg.ep, world_size)
+
+    @property
+    def dp(self) -> int:
+        """Ranks that read different data: replicas times shards."""
+        return self.dp_replicate * self.dp_shard
+
+    def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int) -> None:
+        if n_heads % self.tp or n_kv_heads % self.tp:
+            raise ValueError(
+                f"tp({self.tp}) must divide n_heads({n_heads}) and n_kv_heads({n_kv_heads})"
+            )
+        if n_layers < self.pp:
+            raise ValueError(f"n_layers({n_layers}) must be >= pp({self.pp}) pipeline stages")

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny text corpus and a dataset built from it, once per session."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from triforge.trainer.data import DataConfig, open_dataset
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A few real text files (stdlib modules), so tests train on Python source quickly."""
+    root = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("argparse.py", "dataclasses.py", "functools.py", "textwrap.py", "string.py",
+                 "bisect.py", "heapq.py", "shlex.py"):
+        (root / name).write_text((stdlib / name).read_text(encoding="utf-8"), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_overrides(corpus_dir, tmp_path_factory) -> list[str]:
+    """Config overrides that point a run at the small corpus (built once into a cache)."""
+    cache = tmp_path_factory.mktemp("cache")
+    return [f"data.paths=[{corpus_dir}]", f"data.cache_dir={cache}", "data.val_every=4"]
+
+
+@pytest.fixture(scope="session")
+def small_dataset(corpus_dir, tmp_path_factory):
+    cfg = DataConfig(paths=[str(corpus_dir)], cache_dir=str(tmp_path_factory.mktemp("ds")),
+                     val_every=4)
+    return open_dataset(cfg, build_if_missing=True, log=lambda *_: None)

@@ -1,0 +1,96 @@
+"""End-to-end runs of the training entry point on a tiny model and a small corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from triforge.errors import CheckpointError
+from triforge.launcher.config import load_config
+from triforge.launcher.generate import generate
+from triforge.launcher.train import train
+
+BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false",
+        "trainer.batch_size=4", "trainer.seq_len=64", "trainer.eval_every=0",
+        "trainer.sample_at_end=false", "optim.warmup_steps=2", "trainer.log_every=1"]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def run(tmp_path: Path, name: str, data_overrides, *extra: str):
+    run_dir = tmp_path / name
+    job = load_config([*BASE, *data_overrides, f"run.dir={run_dir}", *extra])
+    return train(job, log=lambda *_: None), run_dir
+
+
+def test_short_run_lowers_loss_and_writes_outputs(tmp_path, data_overrides):
+    trainer, run_dir = run(tmp_path, "learn", data_overrides, "trainer.max_steps=40",
+                           "optim.lr=3e-3", "trainer.eval_every=20", "trainer.log_every=5")
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for key in ("loss", "lr", "tokens_per_s", "mfu", "grad_norm", "peak_mem_gib"):
+        assert all(r[key] is not None for r in records), key
+    assert records[0]["loss"] > 4.5 and records[-1]["loss"] < records[0]["loss"] - 1.5
+    assert records[-1]["val_loss"] < records[3]["val_loss"] + 1e-6 or records[-1]["val_loss"] < 4
+    assert (run_dir / "loss.png").stat().st_size > 10_000
+    assert (run_dir / "config.yaml").read_text().count("name: tiny") == 1
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_40"
+    assert trainer.state.tokens_seen == 40 * 4 * 64
+
+
+def test_resume_is_bit_exact(tmp_path, data_overrides):
+    common = ("trainer.max_steps=10", "trainer.micro_batch_size=2", "checkpoint.every=5")
+    _, straight = run(tmp_path, "straight", data_overrides, *common)
+    _, split = run(tmp_path, "split", data_overrides, *common, "trainer.stop_at_step=5")
+    assert sorted(losses(split)) == [1, 2, 3, 4, 5]
+    trainer, _ = run(tmp_path, "split", data_overrides, *common)  # same command: resumes
+    a, b = losses(straight), losses(split)
+    assert trainer.state.step == 10
+    assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]  # bit for bit
+    assert a[10] != a[6]
+
+
+def test_resume_none_refuses_to_overwrite_checkpoints(tmp_path, data_overrides):
+    run(tmp_path, "once", data_overrides, "trainer.max_steps=2")
+    with pytest.raises(CheckpointError, match="checkpoint.resume=none would overwrite"):
+        run(tmp_path, "once", data_overrides, "trainer.max_steps=4", "checkpoint.resume=none")
+
+
+def test_keep_retains_newest_checkpoints(tmp_path, data_overrides):
+    trainer, run_dir = run(tmp_path, "keep", data_overrides, "trainer.max_steps=8",
+                           "checkpoint.every=2", "checkpoint.keep=2")
+    assert trainer.checkpointer.complete_steps() == [6, 8]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_generate_samples_from_the_latest_checkpoint(tmp_path, data_overrides):
+    _, run_dir = run(tmp_path, "gen", data_overrides, "trainer.max_steps=3")
+    text = generate([f"run.dir={run_dir}", "generate.prompt=import",
+                     "generate.max_new_tokens=20", *data_overrides])
+    assert text.startswith("import") and len(text.encode()) > len("import")
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "triforge.launcher.train", "trainer.max_steps=-3",
+         f"run.dir={tmp_path}/x"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: config: trainer.max_steps(-3) must be > 0"
+
+
+def test_missing_data_dir_names_the_fix(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "triforge.launcher.train", f"data.dir={tmp_path}/nodata",
+         f"run.dir={tmp_path}/y"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "nodata/index.json not found" in proc.stderr
+    assert "triforge-prepare data.dir=" in proc.stderr and proc.stderr.count("\n") == 1

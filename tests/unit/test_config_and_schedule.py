@@ -1,0 +1,70 @@
+import math
+
+import pytest
+
+from triforge.errors import ConfigError
+from triforge.launcher.config import load_config
+from triforge.launcher.env import first_slurm_host, read_env
+from triforge.parallel import ParallelConfig, ParallelDims
+from triforge.trainer.config import OptimConfig
+from triforge.trainer.optim import lr_at
+
+
+def test_defaults_and_overrides_compose():
+    job = load_config(["model=tiny", "trainer.max_steps=7", "optim.lr=3e-4"])
+    assert job.model.name == "tiny" and job.trainer.max_steps == 7 and job.optim.lr == 3e-4
+    assert job.trainer.seq_len == job.model.max_seq_len  # interpolated default
+    assert load_config([]).model.name == "small"
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (["trainer.foo=1"], r"Key 'foo' not in 'TrainerConfig'"),
+    (["+trainer.foo=1"], r"Key 'foo' not in 'TrainerConfig'"),
+    (["trainer.max_steps=abc"], r"'abc' .* could not be converted to Integer"),
+    (["model=nope"], r"choose one of .*tiny"),
+    (["trainer.batch_size=0"], r"trainer.batch_size\(0\) must be > 0"),
+    (["model.n_heads=5"], r"model.n_heads\(5\) must divide model.d_model\(384\)"),
+    (["trainer.seq_len=512"], r"trainer.seq_len\(512\) exceeds model.max_seq_len\(256\)"),
+    (["precision=fp8"], r"precision='fp8'"),
+    (["attention.backend=magic"], r"attention.backend='magic'"),
+    (["optim.schedule=step"], r"optim.schedule='step'"),
+    (["data.tokenizer=wordpiece"], r"data.tokenizer='wordpiece'"),
+    (["trainer.stop_at_step=9", "trainer.max_steps=5"], r"stop_at_step\(9\) > max_steps\(5\)"),
+])
+def test_config_errors_are_one_line_and_name_the_rule(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_config(overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg, max_steps=110) for s in range(111)]
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # monotone decay
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[110] == pytest.approx(0.1)
+    assert lr_at(500, cfg, max_steps=110) == pytest.approx(0.1)  # beyond the schedule: floor
+
+
+def test_parallel_dims_arithmetic():
+    dims = ParallelDims.from_config(ParallelConfig(tp=2, pp=2), world_size=8)
+    assert dims.dp_shard == 2 and dims.dp == 2
+    with pytest.raises(ValueError, match=r"= 8 != WORLD_SIZE\(4\)"):
+        ParallelDims.from_config(ParallelConfig(dp_shard=2, tp=2, pp=2), world_size=4)
+    with pytest.raises(ValueError, match=r"tp\(4\) must divide n_heads\(6\)"):
+        ParallelDims.from_config(ParallelConfig(tp=4), 4).validate_model(
+            n_heads=6, n_kv_heads=6, n_layers=6)
+
+
+def test_env_reads_torchrun_then_slurm_then_single():
+    env = read_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1",
+                    "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+    assert (env.rank, env.world_size, env.local_rank, env.source) == (3, 8, 1, "torchrun")
+    env = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+                    "SLURM_NODELIST": "gpu[07-09,12]"})
+    assert (env.rank, env.world_size, env.master_addr, env.source) == (5, 16, "gpu07", "slurm")
+    assert read_env({}).world_size == 1
+    assert first_slurm_host("nodeA,nodeB") == "nodeA"
+    assert first_slurm_host("x[1,3]") == "x1"

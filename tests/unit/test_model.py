@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from triforge.launcher.config import load_config
+from triforge.models import ModelConfig, build_model, materialize
+from triforge.models.rope import apply_rope, rope_cos_sin
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(name="t", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    return ModelConfig(**{**base, **kw})
+
+
+def make(cfg: ModelConfig, vocab: int = 320, backend: str = "sdpa"):
+    return materialize(build_model(cfg, vocab_size=vocab, attention_backend=backend), "cpu", seed=0)
+
+
+def test_logits_shape_and_param_count():
+    cfg = tiny()
+    model = make(cfg)
+    logits = model(torch.randint(0, 320, (3, 17)))
+    assert logits.shape == (3, 17, 320)
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params(320)
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+    model = make(tiny())
+    x = torch.randint(0, 320, (2, 20))
+    y = x.clone()
+    y[:, 12:] = torch.randint(0, 320, (2, 8))
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_same_seed_same_weights_and_blocks_keyed_by_index():
+    a, b = make(tiny()), make(tiny())
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert na == nb and torch.equal(pa, pb)
+    assert list(a.layers.keys()) == ["0", "1"]
+    assert "layers.1.attention.wq.weight" in dict(a.named_parameters())
+
+
+def test_tied_head_shares_the_embedding_after_materialize():
+    model = make(tiny(tie_embeddings=True))
+    assert model.output.weight is model.tok_embeddings.weight
+
+
+def test_reference_and_sdpa_backends_agree():
+    x = torch.randint(0, 320, (2, 33))
+    ref, sdpa = make(tiny(), backend="reference"), make(tiny(), backend="sdpa")
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), sdpa(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset,billions", [("gpt2_124m", 0.12), ("llama_1b", 1.24),
+                                             ("llama_8b", 8.03)])
+def test_realistic_presets_build_on_meta(preset, billions):
+    job = load_config([f"model={preset}"])
+    model = build_model(job.model, vocab_size=job.model.padded_vocab(258))
+    n = sum(p.numel() for p in model.parameters())
+    assert all(p.is_meta for p in model.parameters())
+    assert abs(n / 1e9 - billions) < 0.01
+
+
+def test_tiny_preset_is_under_a_million_parameters():
+    job = load_config(["model=tiny"])
+    model = build_model(job.model, vocab_size=job.model.padded_vocab(258))
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_rope_preserves_norms_and_encodes_relative_position():
+    cos, sin = rope_cos_sin(torch.arange(32), 16, 10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    rq = apply_rope(q.expand(1, 32, 1, 16), cos, sin)
+    rk = apply_rope(k.expand(1, 32, 1, 16), cos, sin)
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1).expand(1, 32, 1))
+    # <R_m q, R_n k> depends on m - n only.
+    dots = (rq[0, :, 0, None, :] * rk[0, None, :, 0, :]).sum(-1)
+    torch.testing.assert_close(dots[5, 2], dots[20, 17], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dots[3, 9], dots[10, 16], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dots[5, 2], dots[5, 3])
+
+
+def test_model_config_errors_name_the_rule():
+    with pytest.raises(ValueError, match=r"n_kv_heads\(3\) must divide model.n_heads\(4\)"):
+        tiny(n_kv_heads=3).validate()
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        tiny(vocab_size=100).padded_vocab(258)

@@ -1,0 +1,94 @@
+"""Schemas of the trainer-owned config groups: trainer, optim, checkpoint, logging, generate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainerConfig:
+    """The loop. ``batch_size`` is the global batch in sequences per optimizer step, whatever
+    the layout; ``micro_batch_size`` (0: no accumulation) is per rank per forward pass."""
+
+    max_steps: int = 300
+    stop_at_step: int = 0  # end this invocation early at that step (0: run to max_steps)
+    batch_size: int = 8
+    micro_batch_size: int = 0
+    seq_len: int = 256
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
+    log_every: int = 10
+    eval_every: int = 100  # 0: never
+    eval_batches: int = 4
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False
+    sample_at_end: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "seq_len", "log_every", "eval_batches"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"trainer.{name}({getattr(self, name)}) must be > 0")
+        for name in ("stop_at_step", "micro_batch_size", "eval_every", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name}({getattr(self, name)}) must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"trainer.device='{self.device}' must be auto, cpu or cuda")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine | linear | constant
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr({self.lr}) must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio({self.min_lr_ratio}) must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps({self.warmup_steps}) must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"optim.beta1({self.beta1}), beta2({self.beta2}) must be in [0, 1)")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"optim.schedule='{self.schedule}' must be cosine, linear or constant")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps between saves (0: only at the end)
+    keep: int = 3  # newest complete checkpoints kept (0: keep all)
+    resume: str = "auto"  # auto | none | path to a step_N directory
+    save_at_end: bool = True
+
+    def validate(self) -> None:
+        if self.every < 0 or self.keep < 0:
+            raise ValueError(f"checkpoint.every({self.every}) and keep({self.keep}) must be >= 0")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "triforge"
+    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline
+
+
+@dataclass
+class LoggingConfig:
+    progress_bar: bool = True
+    peak_flops: float = 0.0  # per device; 0: a table for known GPUs, a measurement on CPU
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str = "def "
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 50

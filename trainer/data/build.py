@@ -1,0 +1,59 @@
+"""Find or build the dataset a run trains on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from triforge.errors import DataError
+
+from .config import DataConfig
+from .corpus import read_documents, source_files, sources_fingerprint
+from .shards import Dataset, write_dataset
+from .tokenizer import BPETokenizer, ByteTokenizer
+
+
+def _tokenizer_key(cfg: DataConfig) -> str:
+    return json.dumps({"tokenizer": cfg.tokenizer, "bpe_vocab": cfg.bpe_vocab_size,
+                       "val_every": cfg.val_every})
+
+
+def build_dataset(cfg: DataConfig, out_dir: Path, *, log=print) -> Path:
+    """Tokenize the configured sources into ``out_dir`` (replacing what is there)."""
+    files = source_files(cfg.paths)
+    fingerprint = sources_fingerprint(files, _tokenizer_key(cfg))
+    what = "the Python standard library" if not cfg.paths else f"{len(files)} files"
+    log(f"building dataset from {what} ({len(files)} documents) into {out_dir}")
+    if cfg.tokenizer == "bpe":
+        tokenizer = BPETokenizer.train(read_documents(files), cfg.bpe_vocab_size)
+    else:
+        tokenizer = ByteTokenizer()
+    return write_dataset(
+        out_dir, read_documents(files), tokenizer, val_every=cfg.val_every, fingerprint=fingerprint
+    )
+
+
+def cached_dataset_dir(cfg: DataConfig) -> Path:
+    """The cache entry for the configured sources and tokenizer."""
+    files = source_files(cfg.paths)
+    fingerprint = sources_fingerprint(files, _tokenizer_key(cfg))
+    name = "stdlib" if not cfg.paths else "custom"
+    return Path(cfg.cache_dir).expanduser() / f"{name}-{cfg.tokenizer}-{fingerprint}"
+
+
+def open_dataset(cfg: DataConfig, *, build_if_missing: bool, log=print) -> Dataset:
+    """Open ``data.dir``, or the cached build of the sources (building it on first use)."""
+    if cfg.dir:
+        root = Path(cfg.dir).expanduser()
+        if not (root / "index.json").exists():
+            raise DataError(
+                f"{root}/index.json not found; build it with "
+                f"`triforge-prepare data.dir={root}` (add data.paths=[...] for your own text)"
+            )
+        return Dataset(root, verify_checksums=cfg.verify_checksums)
+    root = cached_dataset_dir(cfg)
+    if not (root / "index.json").exists():
+        if not build_if_missing:
+            raise DataError(f"dataset cache {root} is not built yet; run triforge-prepare")
+        build_dataset(cfg, root, log=log)
+    return Dataset(root, verify_checksums=cfg.verify_checksums)

@@ -1,0 +1,44 @@
+"""Turn sample indices into token windows (and document ids for packed-sequence masking)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .sampler import GlobalSampler
+from .shards import TokenSplit
+
+
+class WindowLoader:
+    """Windows of ``seq_len + 1`` tokens over a split; sample i starts at token i * seq_len."""
+
+    def __init__(self, split: TokenSplit, seq_len: int, sampler: GlobalSampler):
+        self.split = split
+        self.seq_len = seq_len
+        self.sampler = sampler
+
+    @staticmethod
+    def num_samples(split: TokenSplit, seq_len: int) -> int:
+        return max(0, (len(split.tokens) - 1) // seq_len)
+
+    def windows(self, indices: np.ndarray) -> torch.Tensor:
+        """(len(indices), seq_len + 1) int64 token windows."""
+        starts = indices * self.seq_len
+        rows = [np.asarray(self.split.tokens[s : s + self.seq_len + 1]) for s in starts]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def doc_ids(self, indices: np.ndarray) -> torch.Tensor:
+        """(len(indices), seq_len + 1) document index of every token of each window."""
+        positions = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        docs = np.searchsorted(self.split.doc_offsets, positions, side="right") - 1
+        return torch.from_numpy(docs.astype(np.int64))
+
+    def next_batch(self, global_batch: int, *, dp_rank: int = 0, dp_size: int = 1) -> torch.Tensor:
+        """This rank's windows of the next global batch."""
+        return self.windows(self.sampler.next_batch(global_batch, dp_rank=dp_rank, dp_size=dp_size))
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

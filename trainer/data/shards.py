@@ -1,0 +1,155 @@
+"""Token shards: one flat token array per split plus a JSON index.
+
+Layout of a dataset directory::
+
+    index.json          format, tokenizer, dtype, fingerprint, per-split token counts and sha256
+    train.bin val.bin   token ids, uint16 (vocab < 65536) or uint32, documents separated by <eos>
+    train.docs.npy ...  int64 start offset of every document (for document masking)
+    tokenizer.json      BPE only
+
+Files are written to a temporary directory and renamed into place, so an interrupted build
+never leaves a half-written dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from triforge.errors import DataError
+
+from .tokenizer import Tokenizer, load_tokenizer
+
+FORMAT = "triforge-shards/1"
+SPLITS = ("train", "val")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+
+
+def _write_split(out: Path, split: str, docs: list[np.ndarray], dtype: np.dtype) -> dict:
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(docs) else lengths
+    tokens = np.concatenate(docs).astype(dtype) if docs else np.zeros(0, dtype)
+    tokens.tofile(out / f"{split}.bin")
+    np.save(out / f"{split}.docs.npy", offsets)
+    return {
+        "num_tokens": int(tokens.size),
+        "num_docs": len(docs),
+        "sha256": _sha256(out / f"{split}.bin"),
+    }
+
+
+def write_dataset(
+    out_dir: Path,
+    documents,
+    tokenizer: Tokenizer,
+    *,
+    val_every: int,
+    fingerprint: str,
+) -> Path:
+    """Tokenize ``documents`` into ``out_dir``; every ``val_every``-th document is validation."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    eos = np.array([tokenizer.eos_id], dtype=np.int64)
+    for i, text in enumerate(documents):
+        ids = np.concatenate([tokenizer.encode(text), eos])
+        splits["val" if val_every and i % val_every == val_every - 1 else "train"].append(ids)
+    index = {
+        "format": FORMAT,
+        "tokenizer": tokenizer.describe(),
+        "dtype": dtype.name,
+        "fingerprint": fingerprint,
+        "eos_id": tokenizer.eos_id,
+        "splits": {name: _write_split(tmp, name, docs, dtype) for name, docs in splits.items()},
+    }
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(tmp / "tokenizer.json")
+    (tmp / "index.json").write_text(json.dumps(index, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+@dataclass
+class TokenSplit:
+    """A memory-mapped split: ``tokens`` (flat ids) and ``doc_offsets`` (document starts)."""
+
+    tokens: np.ndarray
+    doc_offsets: np.ndarray
+
+
+class Dataset:
+    """An opened dataset directory, validated against its index before any training."""
+
+    def __init__(self, root: Path, *, verify_checksums: bool = False):
+        self.root = Path(root)
+        self.index = _read_index(self.root)
+        self.tokenizer = load_tokenizer(self.root, self.index["tokenizer"])
+        self.dtype = np.dtype(self.index["dtype"])
+        self._verify = verify_checksums
+
+    def split(self, name: str) -> TokenSplit:
+        meta = self.index["splits"].get(name)
+        if meta is None:
+            raise DataError(f"{self.root}/index.json has no '{name}' split; rebuild the dataset")
+        path = self.root / f"{name}.bin"
+        _check_file(path, meta["num_tokens"] * self.dtype.itemsize, self.root)
+        if self._verify and _sha256(path) != meta["sha256"]:
+            raise DataError(f"{path} does not match its checksum in index.json; {_fix(self.root)}")
+        tokens = np.memmap(path, dtype=self.dtype, mode="r") if meta["num_tokens"] else None
+        docs_path = self.root / f"{name}.docs.npy"
+        try:
+            offsets = np.load(docs_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{docs_path} is missing or corrupt ({exc}); {_fix(self.root)}") from None
+        if tokens is None:
+            tokens = np.zeros(0, dtype=self.dtype)
+        return TokenSplit(tokens=tokens, doc_offsets=offsets)
+
+
+def _fix(root: Path) -> str:
+    return f"rebuild it with `triforge-prepare data.dir={root}` (or delete {root})"
+
+
+def _check_file(path: Path, expected_bytes: int, root: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {_fix(root)}")
+    size = path.stat().st_size
+    if size != expected_bytes:
+        raise DataError(
+            f"{path} has {size} bytes but index.json expects {expected_bytes}; {_fix(root)}"
+        )
+
+
+def _read_index(root: Path) -> dict:
+    path = root / "index.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found; build the dataset with `triforge-prepare data.dir={root}`")
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); {_fix(root)}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{path} is not a {FORMAT} index; {_fix(root)}")
+    return index

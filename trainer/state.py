@@ -1,0 +1,109 @@
+"""Small pieces of training state that checkpoints carry besides model and optimizer.
+
+Each has ``state_dict()``/``load_state_dict()`` (torch's Stateful protocol) returning plain
+JSON-able values; tensors (model, optimizer) go through torch.distributed.checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    tokens_seen: int = 0
+    skipped_steps: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+class RNGState:
+    """Python, NumPy and torch (CPU and CUDA) generator states of this rank."""
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        state = {
+            "python": _encode_python(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *map(_plain, np_state[2:])],
+            "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(_decode_python(state["python"]))
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+        torch.set_rng_state(_bytes_tensor(state["torch"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(_bytes_tensor(state["cuda"]))
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") else x
+
+
+def _encode_python(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _decode_python(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _bytes_tensor(b64: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8).clone()
+
+
+class ModelOptimizerState:
+    """Model and optimizer as fully qualified parameter names, via torch's distributed
+    state-dict helpers, so the same code later saves FSDP/TP-sharded states (DTensors)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model = model
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_state_dict(
+            self.model, self.optimizer,
+            model_state_dict=state["model"], optim_state_dict=state["optim"],
+        )
+
+
+class ModelState:
+    """The model alone (e.g. for generation): loads the model part of a training checkpoint."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return {"model": get_model_state_dict(self.model)}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_model_state_dict(self.model, state["model"])

@@ -1,0 +1,104 @@
+"""The training loop. ``fit()`` stays flat; evaluation, checkpointing and logging are small
+objects it calls at step boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .checkpoint import Checkpointer
+from .config import OptimConfig, TrainerConfig
+from .data.loader import WindowLoader
+from .evaluate import Evaluator
+from .optim import lr_at, set_lr
+from .state import ModelOptimizerState, RNGState, TrainState
+from .step import clip_gradients, forward_backward
+from .throughput import Throughput
+
+
+@dataclass
+class Trainer:
+    cfg: TrainerConfig
+    optim_cfg: OptimConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    objective: object
+    loader: WindowLoader
+    evaluator: Evaluator | None
+    checkpointer: Checkpointer
+    throughput: Throughput
+    sinks: list
+    device: torch.device
+    config_yaml: str
+    dp_rank: int = 0
+    dp_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.state = TrainState()
+        self._tensor_state = ModelOptimizerState(self.model, self.optimizer)
+        self._json_state = {"train": self.state, "data": self.loader, "rng": RNGState()}
+        self._losses: list[torch.Tensor] = []
+
+    @property
+    def microbatches(self) -> int:
+        per_rank = self.cfg.batch_size // self.dp_size
+        return per_rank // (self.cfg.micro_batch_size or per_rank)
+
+    def fit(self) -> None:
+        """Train until ``stop_at_step`` (or ``max_steps``), logging, evaluating and saving."""
+        stop = self.cfg.stop_at_step or self.cfg.max_steps
+        self.model.train()
+        self.throughput.reset()
+        while self.state.step < stop:
+            metrics = self.train_step()
+            step = self.state.step
+            if self.evaluator is not None and self.evaluator.should_run(step):
+                metrics.update(self.evaluator.run(self.model, self.device))
+            if step % self.cfg.log_every == 0 or step == stop or "val_loss" in metrics:
+                self.log(step, metrics)
+            else:
+                self._advance_sinks(step)
+            if self.checkpointer.should_save(step) and step != stop:
+                self.save()
+
+    def train_step(self) -> dict:
+        lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)
+        set_lr(self.optimizer, lr)
+        windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.dp_rank,
+                                         dp_size=self.dp_size)
+        batch = self.objective.make_batch(windows)
+        loss = forward_backward(self.model, self.objective, batch,
+                                microbatches=self.microbatches, device=self.device)
+        grad_norm = clip_gradients(self.model, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = self.cfg.batch_size * self.cfg.seq_len
+        self.state.step += 1
+        self.state.tokens_seen += tokens
+        self.throughput.add(tokens)
+        self._losses.append(loss)
+        return {"lr": lr, "grad_norm": grad_norm}
+
+    def log(self, step: int, metrics: dict) -> None:
+        # One device sync per log interval, not per step: losses stay on the device until now.
+        loss = torch.stack(self._losses).mean().item() if self._losses else float("nan")
+        self._losses.clear()
+        record = {"loss": loss, **metrics, **self.throughput.report()}
+        record["grad_norm"] = float(record["grad_norm"])
+        record["tokens_seen"] = self.state.tokens_seen
+        for sink in self.sinks:
+            sink.log(step, record)
+
+    def _advance_sinks(self, step: int) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "advance"):
+                sink.advance(step)
+
+    def save(self):
+        return self.checkpointer.save(self.state.step, self._tensor_state, self._json_state,
+                                      config_yaml=self.config_yaml)
+
+    def resume(self, path) -> None:
+        self.checkpointer.load(path, self._tensor_state, self._json_state)

@@ -1,0 +1,3 @@
+"""triforge: distributed pretraining of large language models."""
+
+__version__ = "0.1.0"
