@@ -45,11 +45,13 @@ def train(job: JobConfig, *, log=print):
     if resume_from is not None:
         trainer.resume(resume_from)
         log(f"resumed from {resume_from} at step {trainer.state.step}")
+    if trainer.state.step >= (job.trainer.stop_at_step or job.trainer.max_steps):
+        log(f"{run_dir} is already at step {trainer.state.step}; raise trainer.max_steps "
+            "or choose a new run.dir to train further")
     try:
         trainer.fit()
-        if job.checkpoint.save_at_end and not trainer.checkpointer.complete_steps()[-1:] == [
-            trainer.state.step
-        ]:
+        saved = trainer.checkpointer.complete_steps()
+        if job.checkpoint.save_at_end and saved[-1:] != [trainer.state.step]:
             trainer.save()
     finally:
         for sink in trainer.sinks:

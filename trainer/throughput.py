@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 
@@ -23,6 +24,15 @@ class Throughput:
 
     def add(self, tokens: int) -> None:
         self._tokens += tokens
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the enclosed time (evaluation, checkpointing) out of the training rate."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - start
 
     def report(self) -> dict:
         """Metrics since the last report, then start a new interval."""

@@ -55,13 +55,15 @@ class Trainer:
             metrics = self.train_step()
             step = self.state.step
             if self.evaluator is not None and self.evaluator.should_run(step):
-                metrics.update(self.evaluator.run(self.model, self.device))
+                with self.throughput.paused():
+                    metrics.update(self.evaluator.run(self.model, self.device))
             if step % self.cfg.log_every == 0 or step == stop or "val_loss" in metrics:
                 self.log(step, metrics)
             else:
                 self._advance_sinks(step)
             if self.checkpointer.should_save(step) and step != stop:
-                self.save()
+                with self.throughput.paused():
+                    self.save()
 
     def train_step(self) -> dict:
         lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)

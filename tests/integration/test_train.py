@@ -94,3 +94,15 @@ def test_missing_data_dir_names_the_fix(tmp_path):
     assert proc.returncode == 2
     assert "nodata/index.json not found" in proc.stderr
     assert "triforge-prepare data.dir=" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_plot_cli_and_module_dispatch(tmp_path, data_overrides):
+    _, run_dir = run(tmp_path, "plot", data_overrides, "trainer.max_steps=2")
+    out = tmp_path / "cmp.png"
+    proc = subprocess.run([sys.executable, "-m", "triforge", "plot", str(run_dir), str(run_dir),
+                           "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = subprocess.run([sys.executable, "-m", "triforge", "plot", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "metrics.jsonl not found" in proc.stderr

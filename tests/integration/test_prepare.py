@@ -1,0 +1,40 @@
+"""triforge-prepare: the built-in corpus and user text into shards that training reads."""
+
+from __future__ import annotations
+
+import json
+
+from triforge.launcher.config import load_config
+from triforge.launcher.prepare import main as prepare_main
+from triforge.launcher.train import train
+from triforge.trainer.data import DataConfig, open_dataset
+
+
+def test_default_corpus_is_the_stdlib_and_builds_on_first_use(tmp_path):
+    cfg = DataConfig(cache_dir=str(tmp_path))
+    messages = []
+    ds = open_dataset(cfg, build_if_missing=True, log=messages.append)
+    assert "Python standard library" in messages[0]
+    train = ds.index["splits"]["train"]
+    assert train["num_docs"] > 500 and train["num_tokens"] > 5_000_000
+    assert ds.index["splits"]["val"]["num_docs"] > 5
+    again = open_dataset(cfg, build_if_missing=True, log=messages.append)  # cached: no rebuild
+    assert len(messages) == 1 and again.root == ds.root
+
+
+def test_prepare_bpe_into_a_dir_then_train_on_it(tmp_path, corpus_dir, capsys):
+    out = tmp_path / "bpe"
+    args = [f"data.dir={out}", f"data.paths=[{corpus_dir}]", "data.tokenizer=bpe",
+            "data.bpe_vocab_size=600", "data.val_every=4"]
+    assert prepare_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "train:" in printed and "tokens" in printed
+    index = json.loads((out / "index.json").read_text())
+    assert index["tokenizer"]["kind"] == "bpe" and index["tokenizer"]["vocab_size"] == 600
+    assert (out / "tokenizer.json").is_file()
+    job = load_config([*args, "model=tiny", f"run.dir={tmp_path}/run", "trainer.max_steps=3",
+                       "trainer.batch_size=2", "trainer.seq_len=32", "logging.wandb.enabled=false",
+                       "logging.progress_bar=false", "trainer.eval_every=2", "optim.warmup_steps=1"])
+    trainer = train(job, log=lambda *_: None)
+    assert trainer.model.vocab_size == 640  # 600 padded up to a multiple of 64
+    assert trainer.state.step == 3
