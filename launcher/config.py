@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from triforge.errors import ConfigError
-from triforge.kernels.attention import BACKENDS
+from triforge.kernels.attention import BACKENDS, check_backend_available
 from triforge.models.config import ModelConfig
 from triforge.parallel.dims import ParallelConfig
 from triforge.trainer.config import (
@@ -83,6 +83,7 @@ def validate(job: JobConfig) -> None:
         raise ValueError(f"precision='{job.precision}' is not one of {PRECISIONS}")
     if job.attention.backend not in BACKENDS:
         raise ValueError(f"attention.backend='{job.attention.backend}' is not one of {BACKENDS}")
+    check_backend_available(job.attention.backend)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,11 +1,21 @@
-"""Shared fixtures: a tiny text corpus and a dataset built from it, once per session."""
+"""Shared fixtures: a tiny text corpus and a dataset built from it, once per session.
+
+Kernel tests run the real Triton code; without a GPU they run it in Triton's interpreter.
+TRITON_INTERPRET is read when ``triton.jit`` decorates a kernel, so it is set here, before
+any test imports kernels/attention/triton.py.
+"""
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from triforge.trainer.data import DataConfig, open_dataset
 

@@ -1,6 +1,6 @@
 """Attention kernels and the backend dispatcher (see dispatch.py)."""
 
-from .dispatch import BACKENDS, attention, resolve_backend
+from .dispatch import BACKENDS, attention, check_backend_available, resolve_backend
 from .mask import AttentionMask, dense_mask
 from .reference import attention_reference
 
@@ -9,6 +9,7 @@ __all__ = [
     "AttentionMask",
     "attention",
     "attention_reference",
+    "check_backend_available",
     "dense_mask",
     "resolve_backend",
 ]

@@ -7,6 +7,7 @@ Under tensor parallelism q/k/v simply hold the local heads, so no backend needs 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import torch
@@ -37,7 +38,19 @@ def _triton(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tenso
 
 
 def _flash_attn(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tensor:
-    raise NotImplementedError("attention.backend=flash_attn is not available yet; use sdpa")
+    if not (mask.is_plain_causal or mask.is_plain_full):
+        raise ValueError(
+            f"attention.backend=flash_attn cannot express a '{mask.kind}' mask"
+            f"{' with document ids' if mask.doc_ids is not None else ''}; use triton or sdpa"
+        )
+    from flash_attn import flash_attn_func  # optional dependency, checked at start-up
+
+    # flash-attn takes (b, s, h, d) and handles grouped-query heads itself.
+    out_bshd = flash_attn_func(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        softmax_scale=scale, causal=mask.kind == "causal",
+    )
+    return out_bshd.transpose(1, 2)
 
 
 _IMPLS: dict[str, Callable[..., torch.Tensor]] = {
@@ -46,6 +59,16 @@ _IMPLS: dict[str, Callable[..., torch.Tensor]] = {
     "triton": _triton,
     "flash_attn": _flash_attn,
 }
+
+
+def check_backend_available(backend: str) -> None:
+    """Fail at start-up, not at the first forward, when a backend's package is missing."""
+    package = {"triton": "triton", "flash_attn": "flash_attn"}.get(backend)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f"attention.backend={backend} needs the '{package}' package, which is not "
+            "installed; install it or use attention.backend=sdpa"
+        )
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

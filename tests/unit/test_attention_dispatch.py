@@ -60,3 +60,18 @@ def test_unknown_backend_and_bad_mask_are_rejected():
         attention(q, q, q, AttentionMask(), backend="nope")
     with pytest.raises(ValueError, match="prefix_len is required"):
         AttentionMask("prefix")
+
+
+def test_flash_attn_backend_is_a_startup_error_when_missing_or_inexpressible():
+    import importlib.util
+
+    from triforge.errors import ConfigError
+    from triforge.launcher.config import load_config
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ConfigError, match="needs the 'flash_attn' package"):
+            load_config(["attention.backend=flash_attn"])
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="cannot express a 'prefix' mask"):
+        attention(q, q, q, AttentionMask("prefix", prefix_len=torch.tensor([2])),
+                  backend="flash_attn")
