@@ -18,11 +18,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from triforge.launcher.build import build_trainer
+from triforge.launcher.build import build_trainer, pick_device
 from triforge.launcher.config import load_config
 from triforge.launcher.env import ProcessEnv
 from triforge.models import build_model, materialize
-from triforge.parallel import ParallelDims
+from triforge.parallel.context import ParallelContext
 from triforge.trainer.optim import build_optimizer
 
 
@@ -65,8 +65,9 @@ def main() -> None:
                            "logging.progress_bar=false", "trainer.eval_every=0",
                            "checkpoint.every=0", f"trainer.max_steps={total}",
                            "trainer.log_every=4", *overrides])
-        dims = ParallelDims.from_config(job.parallel, 1)
-        trainer, _ = build_trainer(job, ProcessEnv(), dims, log=print)
+        env = ProcessEnv()
+        trainer, _ = build_trainer(job, env, ParallelContext.single(),
+                                   pick_device(job.trainer.device, env), log=print)
         trainer.sinks = trainer.sinks[:1]  # keep the JSONL file, not console lines, in timings
         tokens = args.steps * job.trainer.batch_size * job.trainer.seq_len
         framework_loop(trainer, args.steps)  # warm-up rounds, not measured

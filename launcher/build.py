@@ -12,6 +12,9 @@ import torch
 from triforge.errors import ConfigError
 from triforge.models import build_model, materialize
 from triforge.parallel import ParallelDims
+from triforge.parallel.context import ParallelContext
+from triforge.parallel.materialize import materialize_sharded
+from triforge.parallel.parallelize import ParallelOptions, parallelize
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.evaluate import Evaluator
@@ -52,9 +55,13 @@ def check_batch(job: JobConfig, dims: ParallelDims) -> None:
         )
 
 
-def build_loaders(job: JobConfig, *, log):
-    """(dataset, train loader, validation loader or None)."""
-    dataset = open_dataset(job.data, build_if_missing=True, log=log)
+def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
+    """(dataset, train loader, validation loader or None). The main rank builds a missing
+    dataset while the others wait, so ranks never race on the cache."""
+    if ctx.is_main:
+        open_dataset(job.data, build_if_missing=True, log=log)
+    ctx.barrier()
+    dataset = open_dataset(job.data, build_if_missing=False, log=log)
     seq = job.trainer.seq_len
     train = dataset.split("train")
     sampler = GlobalSampler(WindowLoader.num_samples(train, seq), seed=job.seed)
@@ -66,9 +73,10 @@ def build_loaders(job: JobConfig, *, log):
 
 
 def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list:
-    sinks: list = [JsonlSink(run_dir / "metrics.jsonl")]
+    """Metrics are identical on every rank after the reductions: rank 0 writes them."""
     if env.rank != 0:
-        return sinks
+        return []
+    sinks: list = [JsonlSink(run_dir / "metrics.jsonl")]
     sinks.append(ConsoleSink(job.trainer.max_steps, 0, progress_bar=job.logging.progress_bar))
     wb = job.logging.wandb
     if wb.enabled:
@@ -78,35 +86,53 @@ def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list:
     return sinks
 
 
-def build_trainer(job: JobConfig, env: ProcessEnv, dims: ParallelDims, *, log) -> tuple:
+def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, device):
+    """The model on ``device``, sharded for the layout, with the seed's initial weights."""
+    def full_model():
+        meta = build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
+        return materialize(meta, "cpu", seed=job.seed)
+
+    if ctx.mesh is None:
+        return materialize(build_model(job.model, vocab_size=vocab,
+                                       attention_backend=job.attention.backend),
+                           device, seed=job.seed)
+    model = build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
+    opts = ParallelOptions(sequence_parallel=job.parallel.sequence_parallel,
+                           fsdp_reshard_after_forward=job.parallel.fsdp_reshard_after_forward)
+    parallelize(model, ctx.dims, ctx.mesh, opts)
+    return materialize_sharded(model, device, is_main=ctx.is_main, full_init=full_model)
+
+
+def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device, *, log):
     """Everything ``Trainer.fit`` needs; returns (trainer, tokenizer)."""
-    device = pick_device(job.trainer.device, env)
+    dims = ctx.dims
     check_batch(job, dims)
     seed_everything(job.seed)
-    dataset, loader, val_loader = build_loaders(job, log=log)
+    dataset, loader, val_loader = build_loaders(job, ctx, log=log)
     vocab = job.model.padded_vocab(dataset.tokenizer.vocab_size)
-    model = build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
-    model = materialize(model, device, seed=job.seed)
-    n_params = sum(p.numel() for p in model.parameters())
+    model = build_parallel_model(job, vocab, ctx, device)
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
-    log(f"model {job.model.name}: {n_params / 1e6:.2f}M parameters, vocab {vocab}, on {device}; "
-        f"MFU against {peak / 1e12:.2f} TFLOP/s ({peak_src})")
+    log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "
+        f"vocab {vocab}, on {device} x {dims.world_size}; "
+        f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
     objective = build_objective("clm")
     run_dir = Path(job.run.dir)
     evaluator = None
     if val_loader is not None and job.trainer.eval_every:
-        evaluator = Evaluator(val_loader, objective, batch_size=job.trainer.batch_size // dims.dp,
-                              num_batches=job.trainer.eval_batches, every=job.trainer.eval_every)
+        evaluator = Evaluator(val_loader, objective, batch_size=job.trainer.batch_size,
+                              num_batches=job.trainer.eval_batches, every=job.trainer.eval_every,
+                              dp_rank=ctx.dp_rank, dp_size=dims.dp)
     trainer = Trainer(
         cfg=job.trainer, optim_cfg=job.optim, model=model,
         optimizer=build_optimizer(model, job.optim), objective=objective, loader=loader,
-        evaluator=evaluator, checkpointer=Checkpointer(run_dir, job.checkpoint, log=log),
+        evaluator=evaluator,
+        checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx),
         throughput=Throughput(
             flops_per_token=flops_per_token(non_emb, job.model.n_layers, job.model.d_model,
                                             job.trainer.seq_len),
             peak_flops=peak, num_devices=dims.world_size, device=device,
         ),
-        sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job),
+        sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job), ctx=ctx,
     )
     return trainer, dataset.tokenizer

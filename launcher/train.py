@@ -13,35 +13,50 @@ import torch
 
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
+from triforge.parallel.context import ParallelContext
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
 
-from .build import build_trainer
+from .build import build_trainer, pick_device
 from .config import JobConfig, load_config, to_yaml
-from .env import read_env
+from .dist import init_distributed, shutdown_distributed
+from .env import ProcessEnv, read_env
 
 
-def train(job: JobConfig, *, log=print):
-    """Run (or resume) the job described by ``job``; returns the finished Trainer."""
-    env = read_env()
-    if env.world_size > 1:
-        raise ConfigError(
-            f"WORLD_SIZE={env.world_size}: multi-process training is not available in this "
-            "version; run a single process"
-        )
+def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
+    """Validate the parallel degrees against the world size and the model, before any work."""
     try:
         dims = ParallelDims.from_config(job.parallel, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
                             n_layers=job.model.n_layers)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
+    if dims.pp > 1:
+        raise ConfigError(f"config: parallel.pp({dims.pp}): pipeline parallelism is not "
+                          "available in this version; use parallel.pp=1")
+    if dims.tp > 1 and job.model.tie_embeddings:
+        raise ConfigError(f"config: parallel.tp({dims.tp}) needs an untied output head; "
+                          "set model.tie_embeddings=false")
+    return dims
+
+
+def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
+    """Run (or resume) the job described by ``job``; returns the finished Trainer."""
+    env = read_env() if env is None else env
+    dims = resolve_layout(job, env)
+    device = pick_device(job.trainer.device, env)
     if job.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
+    init_distributed(env, device, timeout_s=job.parallel.timeout_s)
+    mesh, dp_mesh = dims.build_mesh(device.type) if env.world_size > 1 else (None, None)
+    ctx = ParallelContext(dims, mesh, dp_mesh, env.rank)
+    log = log if ctx.is_main else (lambda *_: None)
     run_dir = Path(job.run.dir)
-    trainer, tokenizer = build_trainer(job, env, dims, log=log)
+    trainer, tokenizer = build_trainer(job, env, ctx, device, log=log)
     resume_from = trainer.checkpointer.find_resume()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(job))
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(job))
     if resume_from is not None:
         trainer.resume(resume_from)
         log(f"resumed from {resume_from} at step {trainer.state.step}")
@@ -56,19 +71,22 @@ def train(job: JobConfig, *, log=print):
     finally:
         for sink in trainer.sinks:
             sink.close()
-    finish(job, trainer, tokenizer, log=log)
+    if ctx.is_main:
+        finish(job, trainer, tokenizer, log=log, sample=env.world_size == 1)
     return trainer
 
 
-def finish(job: JobConfig, trainer, tokenizer, *, log) -> None:
+def finish(job: JobConfig, trainer, tokenizer, *, log, sample: bool) -> None:
     """The loss plot and, on request, a sample of generated text."""
     run_dir = Path(job.run.dir)
     plot_runs([run_dir], run_dir / "loss.png")
     log(f"metrics: {run_dir / 'metrics.jsonl'}  plot: {run_dir / 'loss.png'}")
-    if job.trainer.sample_at_end:
+    if job.trainer.sample_at_end and sample:
         text = sample_text(trainer.model, tokenizer, job.generate, device=trainer.device,
                            max_context=job.trainer.seq_len, seed=job.seed)
         log("sample:\n" + text)
+    elif job.trainer.sample_at_end:
+        log(f"sample with: triforge-generate run.dir={run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except TriforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()
     return 0
 
 

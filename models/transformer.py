@@ -58,9 +58,10 @@ class Transformer(nn.Module):
 
         ``positions`` (s,) or (b, s) defaults to 0..s-1; packed documents may restart them.
         """
-        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         if positions is None:
-            positions = torch.arange(h.shape[1], device=h.device)
+            # From the input, not the embedding output: sequence parallelism may shard the latter.
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         for block in self.layers.values():
             h = block(h, cos, sin, mask)

@@ -13,7 +13,10 @@ class ParallelConfig:
     dp_shard: int = -1
     tp: int = 1
     pp: int = 1
-    ep: int = 1
+    ep: int = 1  # reserved for mixture-of-experts models
+    sequence_parallel: bool = True  # with tp > 1: shard norms/residuals along the sequence
+    fsdp_reshard_after_forward: bool = True  # ZeRO-3; false keeps gathered params (ZeRO-2-like)
+    timeout_s: int = 600  # collective timeout: how long a rank waits for a stuck peer
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class ParallelDims:
     @classmethod
     def from_config(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
         """Resolve ``dp_shard=-1`` and check that the degrees multiply to the world size."""
-        for name in ("dp_replicate", "tp", "pp", "ep"):
+        if cfg.ep != 1:
+            raise ValueError(f"parallel.ep({cfg.ep}) needs a mixture-of-experts model; use 1")
+        for name in ("dp_replicate", "tp", "pp"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"parallel.{name}({getattr(cfg, name)}) must be >= 1")
         others = cfg.dp_replicate * cfg.tp * cfg.pp
@@ -48,6 +53,22 @@ class ParallelDims:
                 f"pp({cfg.pp}) = {others * dp_shard} != WORLD_SIZE({world_size})"
             )
         return cls(cfg.dp_replicate, dp_shard, cfg.tp, cfg.pp, cfg.ep, world_size)
+
+    def mesh_shape(self) -> dict[str, int]:
+        """Named degrees in rank order: pp outermost, tp innermost (Megatron-Core and
+        torchtitan convention, so tensor-parallel peers are neighbouring ranks on one node)."""
+        return {"pp": self.pp, "dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard,
+                "tp": self.tp}
+
+    def build_mesh(self, device_type: str):
+        """(mesh, dp_mesh): one named DeviceMesh over every rank, and the 1-D mesh of the
+        ranks that read different data (dp_replicate x dp_shard flattened)."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        names, sizes = zip(*self.mesh_shape().items(), strict=True)
+        mesh = init_device_mesh(device_type, sizes, mesh_dim_names=names)
+        dp_mesh = mesh["dp_replicate", "dp_shard"]._flatten(mesh_dim_name="dp")
+        return mesh, dp_mesh
 
     @property
     def dp(self) -> int:

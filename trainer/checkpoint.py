@@ -19,6 +19,7 @@ from pathlib import Path
 import torch.distributed.checkpoint as dcp
 
 from triforge.errors import CheckpointError
+from triforge.parallel.context import ParallelContext
 
 from .config import CheckpointConfig
 
@@ -37,10 +38,16 @@ def _single_process_ok():
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, log=print):
+    """Saves and finds checkpoints. With several ranks, every rank writes its tensor shards
+    (DCP) while the main rank alone creates, renames and prunes directories, with barriers
+    between the phases so no rank sees a half-committed checkpoint."""
+
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, log=print,
+                 ctx: ParallelContext | None = None):
         self.root = Path(run_dir) / "checkpoints"
         self.cfg = cfg
         self.log = log
+        self.ctx = ctx or ParallelContext.single()
 
     def should_save(self, step: int) -> bool:
         return self.cfg.every > 0 and step % self.cfg.every == 0
@@ -55,21 +62,28 @@ class Checkpointer:
         """Write checkpoint ``step`` with the commit protocol; returns its directory."""
         final = self.root / f"step_{step}"
         tmp = self.root / f"step_{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.ctx.barrier()
         with _single_process_ok():
             dcp.save({"app": tensor_state}, checkpoint_id=str(tmp / TENSORS))
         state = {name: obj.state_dict() for name, obj in json_state.items()}
-        (tmp / STATE_FILE).write_text(json.dumps(state))
-        (tmp / "config.yaml").write_text(config_yaml)
+        if self.ctx.is_main:
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            (tmp / "config.yaml").write_text(config_yaml)
+            self._commit(tmp, final)
+            self._retain(keep_step=step)
+        self.ctx.barrier()
+        return final
+
+    def _commit(self, tmp: Path, final: Path) -> None:
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
             shutil.rmtree(final)
         tmp.rename(final)
         pointer_tmp = self.root / "latest.tmp"
         pointer_tmp.write_text(final.name + "\n")
         pointer_tmp.replace(self.root / "latest")
-        self._retain(keep_step=step)
-        return final
 
     def _retain(self, keep_step: int) -> None:
         if self.cfg.keep <= 0:

@@ -10,7 +10,7 @@ class TrainerConfig:
     """The loop. ``batch_size`` is the global batch in sequences per optimizer step, whatever
     the layout; ``micro_batch_size`` (0: no accumulation) is per rank per forward pass."""
 
-    max_steps: int = 300
+    max_steps: int = 200
     stop_at_step: int = 0  # end this invocation early at that step (0: run to max_steps)
     batch_size: int = 8
     micro_batch_size: int = 0

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from triforge.parallel.context import ParallelContext, to_local_value
+
 from .data.loader import WindowLoader
 
 
@@ -16,9 +18,11 @@ class Evaluator:
     successive evaluations (and runs) are directly comparable."""
 
     def __init__(self, loader: WindowLoader, objective, *, batch_size: int, num_batches: int,
-                 every: int):
+                 every: int, dp_rank: int = 0, dp_size: int = 1):
         n = loader.sampler.num_samples
-        self.indices = np.arange(batch_size * num_batches) % n
+        # Each data-parallel rank scores its share; sums are added up over ranks.
+        self.indices = (np.arange(batch_size * num_batches) % n)[dp_rank::dp_size]
+        batch_size = max(1, batch_size // dp_size)
         self.loader = loader
         self.objective = objective
         self.batch_size = batch_size
@@ -28,16 +32,18 @@ class Evaluator:
         return self.every > 0 and step % self.every == 0
 
     @torch.no_grad()
-    def run(self, model: nn.Module, device: torch.device) -> dict:
+    def run(self, model: nn.Module, device: torch.device, ctx: ParallelContext) -> dict:
         was_training = model.training
         model.eval()
-        total, count = torch.zeros((), device=device), 0
-        for start in range(0, len(self.indices), self.batch_size):
-            windows = self.loader.windows(self.indices[start : start + self.batch_size])
-            batch = self.objective.make_batch(windows).to(device)
-            logits = model(batch.inputs, mask=batch.mask, positions=batch.positions)
-            total += self.objective.loss(logits, batch)
-            count += batch.num_targets
+        sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, target count
+        with ctx.loss_context():
+            for start in range(0, len(self.indices), self.batch_size):
+                windows = self.loader.windows(self.indices[start : start + self.batch_size])
+                batch = self.objective.make_batch(windows).to(device)
+                logits = model(batch.inputs, mask=batch.mask, positions=batch.positions)
+                sums[0] += to_local_value(self.objective.loss(logits, batch)).double()
+                sums[1] += batch.num_targets
         model.train(was_training)
-        val_loss = total.item() / max(1, count)
+        ctx.all_reduce_dp(sums)
+        val_loss = (sums[0] / sums[1].clamp(min=1)).item()
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}

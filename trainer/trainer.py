@@ -3,10 +3,12 @@ objects it calls at step boundaries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from triforge.parallel.context import ParallelContext
 
 from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
@@ -32,8 +34,7 @@ class Trainer:
     sinks: list
     device: torch.device
     config_yaml: str
-    dp_rank: int = 0
-    dp_size: int = 1
+    ctx: ParallelContext = field(default_factory=ParallelContext.single)
 
     def __post_init__(self) -> None:
         self.state = TrainState()
@@ -43,7 +44,7 @@ class Trainer:
 
     @property
     def microbatches(self) -> int:
-        per_rank = self.cfg.batch_size // self.dp_size
+        per_rank = self.cfg.batch_size // self.ctx.dims.dp
         return per_rank // (self.cfg.micro_batch_size or per_rank)
 
     def fit(self) -> None:
@@ -56,7 +57,7 @@ class Trainer:
             step = self.state.step
             if self.evaluator is not None and self.evaluator.should_run(step):
                 with self.throughput.paused():
-                    metrics.update(self.evaluator.run(self.model, self.device))
+                    metrics.update(self.evaluator.run(self.model, self.device, self.ctx))
             if step % self.cfg.log_every == 0 or step == stop or "val_loss" in metrics:
                 self.log(step, metrics)
             else:
@@ -68,10 +69,10 @@ class Trainer:
     def train_step(self) -> dict:
         lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)
         set_lr(self.optimizer, lr)
-        windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.dp_rank,
-                                         dp_size=self.dp_size)
+        windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
+                                         dp_size=self.ctx.dims.dp)
         batch = self.objective.make_batch(windows)
-        loss = forward_backward(self.model, self.objective, batch,
+        loss = forward_backward(self.model, self.objective, batch, ctx=self.ctx,
                                 microbatches=self.microbatches, device=self.device)
         grad_norm = clip_gradients(self.model, self.cfg.grad_clip)
         self.optimizer.step()

@@ -10,6 +10,7 @@ COMMANDS = {
     "prepare": "triforge.launcher.prepare",
     "generate": "triforge.launcher.generate",
     "plot": "triforge.launcher.plot",
+    "layout": "triforge.launcher.layout",
 }
 
 

@@ -1,0 +1,28 @@
+"""Data parallelism with FSDP2 (``fully_shard``): ZeRO-3 sharding, replication, or both.
+
+One mechanism covers the three data-parallel modes, so they compose with tensor and
+pipeline parallelism the same way:
+- ``dp_shard`` > 1: parameters, gradients and optimizer state sharded (ZeRO-3);
+- ``dp_replicate`` > 1 alone: a (replicate, shard=1) mesh, i.e. full replicas whose
+  gradients are all-reduced, as DDP does, but also over DTensor (tensor-parallel) params;
+- both: HSDP, sharded within a group and replicated across groups.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
+
+
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool) -> None:
+    """Wrap each block, then the root, over ``dp_mesh`` (1-D shard or 2-D replicate x shard).
+
+    Per-block wrapping lets FSDP gather one block's parameters at a time. The root keeps
+    embedding, final norm and head; ``reshard_after_forward`` (ZeRO-3) frees gathered block
+    parameters after forward at the cost of gathering them again for backward.
+    """
+    for block in model.layers.values():
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    # The root's parameters are needed again right at the start of backward: keep them.
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=False)

@@ -1,0 +1,87 @@
+"""Tensor + sequence parallelism as DTensor plans (Megatron-style, via parallelize_module).
+
+Attention and MLP: column-wise q/k/v and w1/w3, row-wise wo and w2, so each block needs one
+all-reduce forward and one backward (or, with sequence parallelism, an all-gather and a
+reduce-scatter that keep activations outside attention/MLP sharded along the sequence).
+The embedding is vocab-parallel and the head column-wise with its output kept sharded over
+the vocabulary, so the loss is computed without gathering full-vocabulary logits.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+
+def _replicate_params(module: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Make ``module``'s parameters replicated DTensors while its inputs and outputs stay
+    plain tensors. Used for the norms when sequence parallelism is off, so that every
+    parameter of a tensor-parallel model is a DTensor (optimizer and gradient clipping then
+    see one kind of tensor)."""
+
+    def to_replicate(_mod, inputs, mesh):
+        return tuple(DTensor.from_local(x, mesh, [Replicate()], run_check=False) for x in inputs)
+
+    def to_local(_mod, output, _mesh):
+        return output.to_local()
+
+    distribute_module(module, tp_mesh, input_fn=to_replicate, output_fn=to_local)
+
+
+def _block_plan(*, sequence_parallel: bool) -> dict:
+    # Between blocks activations are (b, s, d): Shard(1) = sharded along the sequence.
+    residual = Shard(1) if sequence_parallel else Replicate()
+    plan = {
+        "attention": PrepareModuleInput(
+            input_layouts=(residual, None, None, None),
+            desired_input_layouts=(Replicate(), None, None, None),
+        ),
+        "attention.wq": ColwiseParallel(),
+        "attention.wk": ColwiseParallel(),
+        "attention.wv": ColwiseParallel(),
+        "attention.wo": RowwiseParallel(output_layouts=residual),
+        "feed_forward": PrepareModuleInput(
+            input_layouts=(residual,), desired_input_layouts=(Replicate(),)
+        ),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=residual),
+    }
+    if sequence_parallel:
+        plan["attention_norm"] = SequenceParallel()
+        plan["ffn_norm"] = SequenceParallel()
+    return plan
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) -> None:
+    """Shard ``model`` (a Transformer or a pipeline stage of one) over ``tp_mesh`` in place.
+
+    Afterwards ``model(...)`` returns logits as a DTensor sharded over the vocabulary
+    (``Shard(-1)``); compute the loss under ``torch.distributed.tensor.parallel.loss_parallel``.
+    """
+    residual = Shard(1) if sequence_parallel else Replicate()
+    top: dict = {}
+    if model.tok_embeddings is not None:
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
+    if model.norm is not None and sequence_parallel:
+        top["norm"] = SequenceParallel()
+    if model.output is not None:
+        top["output"] = ColwiseParallel(
+            input_layouts=residual, output_layouts=Shard(-1), use_local_output=False
+        )
+    parallelize_module(model, tp_mesh, top)
+    for block in model.layers.values():
+        parallelize_module(block, tp_mesh, _block_plan(sequence_parallel=sequence_parallel))
+        if not sequence_parallel:
+            _replicate_params(block.attention_norm, tp_mesh)
+            _replicate_params(block.ffn_norm, tp_mesh)
+    if model.norm is not None and not sequence_parallel:
+        _replicate_params(model.norm, tp_mesh)

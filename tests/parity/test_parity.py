@@ -1,0 +1,78 @@
+"""Every parallel layout trains exactly like the single-process run.
+
+Same seed, data and global batch: per-step loss and global gradient norm over 10 steps must
+match the single process to 1e-5 relative (fp32; the layouts only change the order of
+floating-point sums). Each layout runs the real entry point under torchrun on the gloo
+backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEPS = 10
+RTOL = 1e-5
+COMMON = [
+    "model=tiny", "model.tie_embeddings=false", "logging.wandb.enabled=false",
+    "logging.progress_bar=false", "trainer.batch_size=8", "trainer.micro_batch_size=2",
+    "trainer.seq_len=32", f"trainer.max_steps={STEPS}", "trainer.log_every=1",
+    "trainer.eval_every=5", "trainer.eval_batches=1", "trainer.sample_at_end=false",
+    "checkpoint.every=0", "checkpoint.save_at_end=false", "optim.warmup_steps=2",
+    "optim.lr=3e-3",
+]
+
+LAYOUTS = {
+    "dp2": (2, ["parallel.dp_replicate=2", "parallel.dp_shard=1"]),
+    "fsdp2": (2, ["parallel.dp_shard=2"]),
+    "tp2": (2, ["parallel.tp=2"]),
+    "tp2_no_sp": (2, ["parallel.tp=2", "parallel.sequence_parallel=false"]),
+    "fsdp2_no_reshard": (2, ["parallel.dp_shard=2", "parallel.fsdp_reshard_after_forward=false"]),
+    "hsdp2x2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"]),
+    "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
+    "fsdp2_tp2": (4, ["parallel.dp_shard=2", "parallel.tp=2"]),
+}
+
+
+def run_layout(run_dir: Path, nproc: int, overrides: list[str], data: list[str]) -> list[dict]:
+    args = [*COMMON, *data, f"run.dir={run_dir}", *overrides]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "triforge.launcher.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "triforge.launcher.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, data_overrides) -> list[dict]:
+    return run_layout(tmp_path_factory.mktemp("single"), 1, [], data_overrides)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if LAYOUTS[n][0] > 2 else n for n in LAYOUTS
+])
+def test_layout_matches_single_process(name, baseline, tmp_path, data_overrides):
+    nproc, overrides = LAYOUTS[name]
+    records = run_layout(tmp_path / name, nproc, overrides, data_overrides)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm"):
+        diff = max_rel_diff([r[key] for r in records], [r[key] for r in baseline])
+        print(f"{name} {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL, f"{name}: {key} differs by {diff:.2e} (> {RTOL})"
+    val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+    base_val = [r["val_loss"] for r in baseline if r.get("val_loss") is not None]
+    assert len(val) == 2 and max_rel_diff(val, base_val) <= RTOL
