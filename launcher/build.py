@@ -15,13 +15,15 @@ from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
 from triforge.parallel.materialize import materialize_sharded
 from triforge.parallel.parallelize import ParallelOptions, parallelize
+from triforge.parallel.pipeline import PipelineRunner, split_model, stage_layers
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, WandbSink
 from triforge.trainer.objectives import build_objective
-from triforge.trainer.optim import build_optimizer
+from triforge.trainer.optim import Optimizers
+from triforge.trainer.step import DirectRunner
 from triforge.trainer.throughput import Throughput
 from triforge.trainer.trainer import Trainer
 
@@ -86,21 +88,43 @@ def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list:
     return sinks
 
 
-def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, device):
-    """The model on ``device``, sharded for the layout, with the seed's initial weights."""
-    def full_model():
-        meta = build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
-        return materialize(meta, "cpu", seed=job.seed)
+def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, device,
+                         microbatches: int):
+    """(model parts on ``device``, runner): this rank's model or pipeline stages, sharded
+    for the layout, with the seed's initial weights."""
+    def new_model():
+        return build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
 
     if ctx.mesh is None:
-        return materialize(build_model(job.model, vocab_size=vocab,
-                                       attention_backend=job.attention.backend),
-                           device, seed=job.seed)
-    model = build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
+        model = materialize(new_model(), device, seed=job.seed)
+        return [model], DirectRunner(model)
     opts = ParallelOptions(sequence_parallel=job.parallel.sequence_parallel,
                            fsdp_reshard_after_forward=job.parallel.fsdp_reshard_after_forward)
-    parallelize(model, ctx.dims, ctx.mesh, opts)
-    return materialize_sharded(model, device, is_main=ctx.is_main, full_init=full_model)
+    parts, stage_ids, n_stages = [new_model()], [0], 1
+    if ctx.dims.pp > 1:
+        parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)
+    for part in parts:
+        parallelize(part, ctx.dims, ctx.mesh, opts)
+        materialize_sharded(part, device, is_main=ctx.is_main,
+                            full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
+    if ctx.dims.pp == 1:
+        return parts, DirectRunner(parts[0])
+    runner = PipelineRunner(parts, stage_ids, n_stages, ctx, device,
+                            schedule=job.parallel.pp_schedule,
+                            microbatches=job.parallel.microbatches or microbatches)
+    return parts, runner
+
+
+def split_for_rank(model, job: JobConfig, ctx: ParallelContext):
+    """(parts, stage ids, number of stages) of this pipeline rank (loop order)."""
+    pp, virtual = ctx.dims.pp, job.parallel.pp_virtual_stages
+    n_stages = pp * virtual
+    layers = stage_layers(job.model.n_layers, n_stages, job.parallel.pp_layers_per_stage)
+    pp_rank = ctx.mesh["pp"].get_local_rank()
+    stage_ids = [pp_rank + k * pp for k in range(virtual)]
+    parts = [split_model(model, layers[sid], first=sid == 0, last=sid == n_stages - 1)
+             for sid in stage_ids]
+    return parts, stage_ids, n_stages
 
 
 def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device, *, log):
@@ -110,7 +134,9 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     seed_everything(job.seed)
     dataset, loader, val_loader = build_loaders(job, ctx, log=log)
     vocab = job.model.padded_vocab(dataset.tokenizer.vocab_size)
-    model = build_parallel_model(job, vocab, ctx, device)
+    per_rank = job.trainer.batch_size // dims.dp
+    microbatches = per_rank // (job.trainer.micro_batch_size or per_rank)
+    parts, runner = build_parallel_model(job, vocab, ctx, device, microbatches)
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "
@@ -124,8 +150,9 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                               num_batches=job.trainer.eval_batches, every=job.trainer.eval_every,
                               dp_rank=ctx.dp_rank, dp_size=dims.dp)
     trainer = Trainer(
-        cfg=job.trainer, optim_cfg=job.optim, model=model,
-        optimizer=build_optimizer(model, job.optim), objective=objective, loader=loader,
+        cfg=job.trainer, optim_cfg=job.optim, parts=parts,
+        optimizer=Optimizers(parts, job.optim), runner=runner, objective=objective,
+        loader=loader,
         evaluator=evaluator,
         checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx),
         throughput=Throughput(

@@ -31,13 +31,28 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
                             n_layers=job.model.n_layers)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
+    if (dims.tp > 1 or dims.pp > 1) and job.model.tie_embeddings:
+        raise ConfigError(f"config: parallel.tp({dims.tp}) / pp({dims.pp}) > 1 needs an untied "
+                          "output head; set model.tie_embeddings=false")
     if dims.pp > 1:
-        raise ConfigError(f"config: parallel.pp({dims.pp}): pipeline parallelism is not "
-                          "available in this version; use parallel.pp=1")
-    if dims.tp > 1 and job.model.tie_embeddings:
-        raise ConfigError(f"config: parallel.tp({dims.tp}) needs an untied output head; "
-                          "set model.tie_embeddings=false")
+        check_pipeline(job, dims)
     return dims
+
+
+def check_pipeline(job: JobConfig, dims: ParallelDims) -> None:
+    from triforge.parallel.pipeline import MULTI_STAGE, SCHEDULES
+
+    p = job.parallel
+    if p.pp_schedule not in SCHEDULES:
+        raise ConfigError(f"config: parallel.pp_schedule='{p.pp_schedule}' is not one of "
+                          f"{sorted(SCHEDULES)}")
+    if p.pp_schedule not in MULTI_STAGE and p.pp_virtual_stages != 1:
+        raise ConfigError(f"config: parallel.pp_schedule={p.pp_schedule} runs one stage per "
+                          f"rank; set parallel.pp_virtual_stages=1 or use interleaved_1f1b")
+    stages = dims.pp * p.pp_virtual_stages
+    if job.model.n_layers < stages:
+        raise ConfigError(f"config: n_layers({job.model.n_layers}) must be >= pp({dims.pp}) * "
+                          f"pp_virtual_stages({p.pp_virtual_stages}) = {stages} stages")
 
 
 def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):

@@ -10,7 +10,7 @@ from torch import nn
 from triforge.kernels.attention import AttentionMask, attention
 
 from .config import ModelConfig
-from .rope import apply_rope
+from .rope import apply_rope, rope_for
 
 
 class Attention(nn.Module):
@@ -24,9 +24,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: AttentionMask
+        self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor,
+        mask: AttentionMask, positions: torch.Tensor | None,
     ) -> torch.Tensor:
         b, s, _ = x.shape
+        # Rotary angles for this input's length: under sequence parallelism x arrives here
+        # already gathered to the full sequence, and pipeline stages need no extra inputs.
+        cos, sin = rope_for(rope_cos, rope_sin, s, positions)
         # view(b, s, -1, head_dim): the head count comes from the weights, so projections
         # sharded over heads by tensor parallelism work without changes here.
         q_bshd = self.wq(x).view(b, s, -1, self.head_dim)

@@ -24,6 +24,15 @@ def rope_cos_sin(
     return angles.cos(), angles.sin()
 
 
+def rope_for(
+    cos_table: torch.Tensor, sin_table: torch.Tensor, seq: int, positions: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of precomputed (max_seq_len, d) tables: 0..seq-1, or ``positions`` (s,)/(b, s)."""
+    if positions is None:
+        return cos_table[:seq], sin_table[:seq]
+    return cos_table[positions], sin_table[positions]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)

@@ -23,8 +23,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, mask: AttentionMask) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask)
+    def forward(self, x, rope_cos, rope_sin, mask: AttentionMask, positions) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope_cos, rope_sin, mask, positions)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -46,6 +46,11 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        # Rotary tables: derived values, not state (rebuilt by init_buffers, not checkpointed).
+        self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim),
+                             persistent=False)
+        self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim),
+                             persistent=False)
 
     def forward(
         self,
@@ -54,19 +59,24 @@ class Transformer(nn.Module):
         mask: AttentionMask = CAUSAL,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tokens (b, s) -> logits (b, s, vocab) in fp32-or-wider compute of the head's dtype.
+        """tokens (b, s) -> logits (b, s, vocab). A pipeline stage without the embedding takes
+        hidden states (b, s, d) instead, and one without the head returns them.
 
         ``positions`` (s,) or (b, s) defaults to 0..s-1; packed documents may restart them.
         """
-        if positions is None:
-            # From the input, not the embedding output: sequence parallelism may shard the latter.
-            positions = torch.arange(tokens.shape[1], device=tokens.device)
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         for block in self.layers.values():
-            h = block(h, cos, sin, mask)
+            h = block(h, self.rope_cos, self.rope_sin, mask, positions)
         h = self.norm(h) if self.norm is not None else h
         return self.output(h) if self.output is not None else h
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Compute the rotary tables (after ``to_empty``, on the buffers' device)."""
+        positions = torch.arange(self.cfg.max_seq_len, device=self.rope_cos.device)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
 
     @torch.no_grad()
     def init_weights(self, *, generator_seed: int | None = None) -> None:
@@ -113,5 +123,6 @@ def materialize(model: Transformer, device: torch.device | str, *, seed: int) ->
     model.to_empty(device=device)
     if model.cfg.tie_embeddings and model.output is not None:
         model.output.weight = model.tok_embeddings.weight  # to_empty breaks the tie
+    model.init_buffers()
     model.init_weights(generator_seed=seed)
     return model

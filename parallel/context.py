@@ -42,6 +42,12 @@ class ParallelContext:
             dist.all_reduce(tensor, group=self.dp_mesh.get_group())
         return tensor
 
+    def all_reduce_pp(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over the pipeline stages of this rank's pipeline (in place)."""
+        if self.dims.pp > 1:
+            dist.all_reduce(tensor, group=self.mesh["pp"].get_group())
+        return tensor
+
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -17,6 +17,10 @@ class ParallelConfig:
     sequence_parallel: bool = True  # with tp > 1: shard norms/residuals along the sequence
     fsdp_reshard_after_forward: bool = True  # ZeRO-3; false keeps gathered params (ZeRO-2-like)
     timeout_s: int = 600  # collective timeout: how long a rank waits for a stuck peer
+    pp_schedule: str = "1f1b"  # gpipe | 1f1b | interleaved_1f1b | zero_bubble
+    pp_virtual_stages: int = 1  # stages per pipeline rank (interleaved schedules: >= 2)
+    microbatches: int = 0  # pipeline microbatches per step; 0: per-rank batch / micro_batch_size
+    pp_layers_per_stage: list[int] = field(default_factory=list)  # empty: balanced
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,11 @@ def materialize_sharded(
 ) -> nn.Module:
     """``to_empty`` + load ``full_init()``'s weights (built on the main rank only)."""
     model.to_empty(device=device)
+    model.init_buffers()
     full_sd = full_init().state_dict() if is_main else {}
     set_model_state_dict(
         model, full_sd,
-        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+        # strict=False: a pipeline stage holds only some of the full model's parameters.
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False),
     )
     return model

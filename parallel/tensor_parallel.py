@@ -41,8 +41,8 @@ def _block_plan(*, sequence_parallel: bool) -> dict:
     residual = Shard(1) if sequence_parallel else Replicate()
     plan = {
         "attention": PrepareModuleInput(
-            input_layouts=(residual, None, None, None),
-            desired_input_layouts=(Replicate(), None, None, None),
+            input_layouts=(residual, None, None, None, None),
+            desired_input_layouts=(Replicate(), None, None, None, None),
         ),
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from triforge.parallel.context import ParallelContext, to_local_value
+from triforge.parallel.context import ParallelContext
 
 from .data.loader import WindowLoader
 
@@ -32,18 +32,18 @@ class Evaluator:
         return self.every > 0 and step % self.every == 0
 
     @torch.no_grad()
-    def run(self, model: nn.Module, device: torch.device, ctx: ParallelContext) -> dict:
-        was_training = model.training
-        model.eval()
+    def run(self, runner, parts: list[nn.Module], device: torch.device,
+            ctx: ParallelContext) -> dict:
+        for part in parts:
+            part.eval()
         sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, target count
-        with ctx.loss_context():
-            for start in range(0, len(self.indices), self.batch_size):
-                windows = self.loader.windows(self.indices[start : start + self.batch_size])
-                batch = self.objective.make_batch(windows).to(device)
-                logits = model(batch.inputs, mask=batch.mask, positions=batch.positions)
-                sums[0] += to_local_value(self.objective.loss(logits, batch)).double()
-                sums[1] += batch.num_targets
-        model.train(was_training)
+        for start in range(0, len(self.indices), self.batch_size):
+            windows = self.loader.windows(self.indices[start : start + self.batch_size])
+            batch = self.objective.make_batch(windows).to(device)
+            sums[0] += runner.loss_sum(self.objective, batch, ctx).double()
+            sums[1] += batch.num_targets
+        for part in parts:
+            part.train()
         ctx.all_reduce_dp(sums)
         val_loss = (sums[0] / sums[1].clamp(min=1)).item()
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}

@@ -27,6 +27,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     )
 
 
+class Optimizers:
+    """One AdamW per model part (pipeline stages of this rank, or just the model), so each
+    part's optimizer state keys are that part's own parameter names (checkpoints stay
+    loadable into any layout)."""
+
+    def __init__(self, parts: list[nn.Module], cfg: OptimConfig):
+        self.parts = parts
+        self.optimizers = [build_optimizer(part, cfg) for part in parts]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay."""
     if step < cfg.warmup_steps:
@@ -42,6 +64,6 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * factor)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer | Optimizers, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

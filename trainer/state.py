@@ -78,22 +78,40 @@ def _bytes_tensor(b64: str) -> torch.Tensor:
 
 
 class ModelOptimizerState:
-    """Model and optimizer as fully qualified parameter names, via torch's distributed
-    state-dict helpers, so the same code later saves FSDP/TP-sharded states (DTensors)."""
+    """Model parts and their optimizers as fully qualified parameter names, via torch's
+    distributed state-dict helpers, so sharded parameters (DTensors) and pipeline stages
+    save under the same names as the single-process model."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model = model
-        self.optimizer = optimizer
+    def __init__(self, parts: list[nn.Module], optimizers: list[torch.optim.Optimizer]):
+        self.pairs = list(zip(parts, optimizers, strict=True))
 
     def state_dict(self) -> dict:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = {}, {}
+        for part, opt in self.pairs:
+            m, o = get_state_dict(part, opt)
+            model_sd.update(m)
+            _merge_optim(optim_sd, o)
         return {"model": model_sd, "optim": optim_sd}
 
     def load_state_dict(self, state: dict) -> None:
-        set_state_dict(
-            self.model, self.optimizer,
-            model_state_dict=state["model"], optim_state_dict=state["optim"],
-        )
+        for part, opt in self.pairs:
+            names = set(get_model_state_dict(part))
+            model_sd = {k: v for k, v in state["model"].items() if k in names}
+            set_state_dict(part, opt, model_state_dict=model_sd,
+                           optim_state_dict=_select_optim(state["optim"], names))
+
+
+def _merge_optim(into: dict, part_sd: dict) -> None:
+    """Optimizer state dicts keyed by parameter name: merge state, concatenate groups."""
+    into.setdefault("state", {}).update(part_sd.get("state", {}))
+    into.setdefault("param_groups", []).extend(part_sd.get("param_groups", []))
+
+
+def _select_optim(optim_sd: dict, names: set[str]) -> dict:
+    """The part of a merged optimizer state dict that belongs to parameters ``names``."""
+    groups = [g for g in optim_sd["param_groups"] if set(g["params"]) <= names]
+    return {"state": {k: v for k, v in optim_sd["state"].items() if k in names},
+            "param_groups": groups}
 
 
 class ModelState:

@@ -10,6 +10,33 @@ from triforge.parallel.context import ParallelContext, to_local_value
 from .objectives import Batch
 
 
+def global_loss_scale(batch: Batch, ctx: ParallelContext, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target count of the global batch, factor for a rank's summed loss).
+
+    Data-parallel gradient reduction averages over ranks, hence the factor dp."""
+    n_targets = ctx.all_reduce_dp(torch.tensor(float(batch.num_targets), device=device))
+    n_targets = n_targets.clamp(min=1.0)
+    return n_targets, ctx.dims.dp / n_targets
+
+
+class DirectRunner:
+    """Forward and backward of a whole model on this rank (no pipeline)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def forward_backward(self, objective, batch: Batch, *, microbatches: int, device,
+                         ctx: ParallelContext) -> torch.Tensor:
+        return forward_backward(self.model, objective, batch, microbatches=microbatches,
+                                device=device, ctx=ctx)
+
+    def loss_sum(self, objective, batch: Batch, ctx: ParallelContext) -> torch.Tensor:
+        """Summed loss of ``batch`` without gradients (evaluation)."""
+        with ctx.loss_context():
+            logits = self.model(batch.inputs, mask=batch.mask, positions=batch.positions)
+            return to_local_value(objective.loss(logits, batch.labels))
+
+
 def forward_backward(
     model: nn.Module, objective, batch: Batch, *, microbatches: int, device: torch.device,
     ctx: ParallelContext,
@@ -18,32 +45,32 @@ def forward_backward(
 
     ``batch`` is this rank's slice. Each microbatch's summed loss is divided by the target
     count of the whole global batch (summed over data-parallel ranks), so the gradient is
-    that of the global mean however targets fall into ranks and microbatches. Data-parallel
-    gradient reduction averages over ranks, hence the factor dp. Returns the global mean
-    loss (detached, on ``device``), the same on every rank.
+    that of the global mean however targets fall into ranks and microbatches. Returns the
+    global mean loss (detached, on ``device``), the same on every rank.
     """
-    n_targets = ctx.all_reduce_dp(torch.tensor(float(batch.num_targets), device=device))
-    n_targets = n_targets.clamp(min=1.0)
-    scale = ctx.dims.dp / n_targets
+    n_targets, scale = global_loss_scale(batch, ctx, device)
     total = torch.zeros((), device=device)
     with ctx.loss_context():
         for micro in batch.split(microbatches):
             micro = micro.to(device)
             logits = model(micro.inputs, mask=micro.mask, positions=micro.positions)
-            loss_sum = objective.loss(logits, micro)
+            loss_sum = objective.loss(logits, micro.labels)
             (loss_sum * scale).backward()
             total += to_local_value(loss_sum.detach())
     return ctx.all_reduce_dp(total) / n_targets
 
 
-def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """Global gradient norm over all shards (before clipping); clips when ``max_norm`` > 0.
+def clip_gradients(parts: list[nn.Module], max_norm: float, ctx: ParallelContext) -> torch.Tensor:
+    """Global gradient norm over all shards and pipeline stages (before clipping); clips when
+    ``max_norm`` > 0.
 
     Sharded gradients are DTensors; the full value of their norm is the norm of the
-    unsharded gradient, the same on every rank.
+    unsharded gradient. Pipeline stages hold disjoint parameters: their squared norms add.
     """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for part in parts for p in part.parameters() if p.grad is not None]
     norm = to_local_value(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+    norm = ctx.all_reduce_pp(norm**2).sqrt() if ctx.dims.pp > 1 else norm
     if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+        for part in parts:
+            torch.nn.utils.clip_grads_with_norm_(part.parameters(), max_norm, norm)
     return norm

@@ -14,9 +14,9 @@ from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
 from .data.loader import WindowLoader
 from .evaluate import Evaluator
-from .optim import lr_at, set_lr
+from .optim import Optimizers, lr_at, set_lr
 from .state import ModelOptimizerState, RNGState, TrainState
-from .step import clip_gradients, forward_backward
+from .step import clip_gradients
 from .throughput import Throughput
 
 
@@ -24,8 +24,9 @@ from .throughput import Throughput
 class Trainer:
     cfg: TrainerConfig
     optim_cfg: OptimConfig
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
+    parts: list[nn.Module]  # the model, or this rank's pipeline stages of it
+    optimizer: Optimizers
+    runner: object  # DirectRunner or PipelineRunner: forward_backward(...), loss_sum(...)
     objective: object
     loader: WindowLoader
     evaluator: Evaluator | None
@@ -38,9 +39,16 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.state = TrainState()
-        self._tensor_state = ModelOptimizerState(self.model, self.optimizer)
+        self._tensor_state = ModelOptimizerState(self.parts, self.optimizer.optimizers)
         self._json_state = {"train": self.state, "data": self.loader, "rng": RNGState()}
         self._losses: list[torch.Tensor] = []
+
+    @property
+    def model(self) -> nn.Module:
+        """The whole model (single stage): for sampling and inspection."""
+        if len(self.parts) != 1:
+            raise RuntimeError("the model is split into pipeline stages on this rank")
+        return self.parts[0]
 
     @property
     def microbatches(self) -> int:
@@ -50,14 +58,16 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``stop_at_step`` (or ``max_steps``), logging, evaluating and saving."""
         stop = self.cfg.stop_at_step or self.cfg.max_steps
-        self.model.train()
+        for part in self.parts:
+            part.train()
         self.throughput.reset()
         while self.state.step < stop:
             metrics = self.train_step()
             step = self.state.step
             if self.evaluator is not None and self.evaluator.should_run(step):
                 with self.throughput.paused():
-                    metrics.update(self.evaluator.run(self.model, self.device, self.ctx))
+                    metrics.update(self.evaluator.run(self.runner, self.parts, self.device,
+                                                      self.ctx))
             if step % self.cfg.log_every == 0 or step == stop or "val_loss" in metrics:
                 self.log(step, metrics)
             else:
@@ -72,11 +82,11 @@ class Trainer:
         windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
                                          dp_size=self.ctx.dims.dp)
         batch = self.objective.make_batch(windows)
-        loss = forward_backward(self.model, self.objective, batch, ctx=self.ctx,
-                                microbatches=self.microbatches, device=self.device)
-        grad_norm = clip_gradients(self.model, self.cfg.grad_clip)
+        loss = self.runner.forward_backward(self.objective, batch, ctx=self.ctx,
+                                            microbatches=self.microbatches, device=self.device)
+        grad_norm = clip_gradients(self.parts, self.cfg.grad_clip, self.ctx)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         tokens = self.cfg.batch_size * self.cfg.seq_len
         self.state.step += 1
         self.state.tokens_seen += tokens

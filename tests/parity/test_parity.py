@@ -19,7 +19,7 @@ import pytest
 STEPS = 10
 RTOL = 1e-5
 COMMON = [
-    "model=tiny", "model.tie_embeddings=false", "logging.wandb.enabled=false",
+    "model=tiny", "model.tie_embeddings=false", "model.n_layers=4", "logging.wandb.enabled=false",
     "logging.progress_bar=false", "trainer.batch_size=8", "trainer.micro_batch_size=2",
     "trainer.seq_len=32", f"trainer.max_steps={STEPS}", "trainer.log_every=1",
     "trainer.eval_every=5", "trainer.eval_batches=1", "trainer.sample_at_end=false",
@@ -36,6 +36,16 @@ LAYOUTS = {
     "hsdp2x2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"]),
     "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "fsdp2_tp2": (4, ["parallel.dp_shard=2", "parallel.tp=2"]),
+    "pp2_gpipe": (2, ["parallel.pp=2", "parallel.pp_schedule=gpipe"]),
+    "pp2_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=1f1b"]),
+    "pp2_interleaved_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
+                                 "parallel.pp_virtual_stages=2"]),
+    "pp2_zero_bubble": (2, ["parallel.pp=2", "parallel.pp_schedule=zero_bubble",
+                            "parallel.pp_virtual_stages=2"]),
+    "fsdp2_pp2": (4, ["parallel.dp_shard=2", "parallel.pp=2"]),
+    "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"]),
+    "dp2_tp2_pp2": (8, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2",
+                        "parallel.pp=2"]),
 }
 
 

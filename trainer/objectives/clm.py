@@ -18,5 +18,6 @@ class CausalLM:
         """windows (b, s + 1) -> inputs = tokens 0..s-1, labels = tokens 1..s."""
         return Batch(inputs=windows[:, :-1], labels=windows[:, 1:], mask=_CAUSAL)
 
-    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return summed_cross_entropy(logits, batch.labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed over targets (see ``summed_cross_entropy``)."""
+        return summed_cross_entropy(logits, labels)

@@ -1,0 +1,117 @@
+"""Pipeline parallelism with ``torch.distributed.pipelining``: stage split and schedules.
+
+The model is split by layer index into ``pp * virtual`` stages; stage 0 also holds the
+embedding and the last stage the final norm and head. Each part is a copy of the
+single-device model with the other blocks removed, so parameter names stay those of the
+whole model (``layers.5.attention.wq.weight``). Rank r of the pipeline holds stages
+r, r + pp, r + 2 pp, ... (the loop order interleaved schedules expect).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import (
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+)
+
+from .context import ParallelContext, to_local_value
+
+SCHEDULES = {
+    "gpipe": ScheduleGPipe,
+    "1f1b": Schedule1F1B,
+    "interleaved_1f1b": ScheduleInterleaved1F1B,
+    "zero_bubble": ScheduleInterleavedZeroBubble,
+}
+MULTI_STAGE = ("interleaved_1f1b", "zero_bubble")
+
+
+def stage_layers(n_layers: int, n_stages: int, layers_per_stage: list[int]) -> list[list[int]]:
+    """Layer indices of each stage: ``layers_per_stage`` if given, else balanced by count."""
+    if layers_per_stage:
+        if len(layers_per_stage) != n_stages or sum(layers_per_stage) != n_layers:
+            raise ValueError(
+                f"parallel.pp_layers_per_stage {list(layers_per_stage)} must have {n_stages} "
+                f"entries summing to n_layers({n_layers})"
+            )
+        bounds = np.cumsum([0, *layers_per_stage])
+        return [list(range(bounds[i], bounds[i + 1])) for i in range(n_stages)]
+    return [chunk.tolist() for chunk in np.array_split(np.arange(n_layers), n_stages)]
+
+
+def split_model(model: nn.Module, layers: list[int], *, first: bool, last: bool) -> nn.Module:
+    """A copy of (meta-device) ``model`` holding only ``layers`` and its end pieces."""
+    part = copy.deepcopy(model)
+    for key in list(part.layers.keys()):
+        if int(key) not in layers:
+            del part.layers[key]
+    if not first:
+        part.tok_embeddings = None
+    if not last:
+        part.norm = None
+        part.output = None
+    return part
+
+
+class PipelineRunner:
+    """Runs one step of a pipeline schedule over this rank's stages.
+
+    The loss function sees the last stage's output per microbatch; it returns the summed
+    loss scaled by the global normalizer (so gradients need no rescaling: scale_grads off).
+    The schedule reports those values per microbatch; they are unscaled for reporting and
+    added up over stages and data ranks.
+    """
+
+    def __init__(self, parts: list[nn.Module], stage_ids: list[int], n_stages: int,
+                 ctx: ParallelContext, device: torch.device, *, schedule: str,
+                 microbatches: int):
+        group = ctx.mesh["pp"].get_group()
+        self.stages = [PipelineStage(part, sid, n_stages, device, group=group)
+                       for part, sid in zip(parts, stage_ids, strict=True)]
+        self.has_first = 0 in stage_ids
+        self.has_last = n_stages - 1 in stage_ids
+        cls = SCHEDULES[schedule]
+        stages = self.stages if schedule in MULTI_STAGE else self.stages[0]
+        self.schedule = cls(stages, n_microbatches=microbatches, loss_fn=self._loss,
+                            scale_grads=False)
+        self._objective = None
+        self._scale = torch.ones((), device=device)
+
+    def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self._objective.loss(output, labels) * self._scale
+
+    def _run(self, objective, batch, ctx: ParallelContext, scale, *, train: bool):
+        self._objective, self._scale = objective, scale
+        args = (batch.inputs,) if self.has_first else ()
+        target = batch.labels if self.has_last else None
+        losses = [] if self.has_last else None
+        with ctx.loss_context():
+            if train:
+                self.schedule.step(*args, target=target, losses=losses)
+            else:
+                self.schedule.eval(*args, target=target, losses=losses)
+        if losses:
+            total = torch.stack([to_local_value(x.detach()) for x in losses]).sum() / scale
+        else:
+            total = torch.zeros_like(scale)
+        return ctx.all_reduce_pp(total)
+
+    def forward_backward(self, objective, batch, *, microbatches: int, device,
+                         ctx: ParallelContext) -> torch.Tensor:
+        from triforge.trainer.step import global_loss_scale
+
+        n_targets, scale = global_loss_scale(batch, ctx, device)
+        total = self._run(objective, batch.to(device), ctx, scale, train=True)
+        return ctx.all_reduce_dp(total) / n_targets
+
+    def loss_sum(self, objective, batch, ctx: ParallelContext) -> torch.Tensor:
+        with torch.no_grad():
+            return self._run(objective, batch, ctx, torch.ones((), device=batch.inputs.device),
+                             train=False)
