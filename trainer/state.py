@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -78,9 +79,13 @@ def _bytes_tensor(b64: str) -> torch.Tensor:
 
 
 class ModelOptimizerState:
-    """Model parts and their optimizers as fully qualified parameter names, via torch's
-    distributed state-dict helpers, so sharded parameters (DTensors) and pipeline stages
-    save under the same names as the single-process model."""
+    """Model parts and their optimizers keyed by fully qualified parameter names, via torch's
+    distributed state-dict helpers: sharded parameters (DTensors), pipeline stages and the
+    single-process model all save under the same names. The optimizer state is flattened
+    (``state.<param>.exp_avg``, ``param_groups.<param>.lr``) so no key depends on how
+    parameters are grouped into parts."""
+
+    _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
     def __init__(self, parts: list[nn.Module], optimizers: list[torch.optim.Optimizer]):
         self.pairs = list(zip(parts, optimizers, strict=True))
@@ -88,30 +93,18 @@ class ModelOptimizerState:
     def state_dict(self) -> dict:
         model_sd, optim_sd = {}, {}
         for part, opt in self.pairs:
-            m, o = get_state_dict(part, opt)
+            m, o = get_state_dict(part, opt, options=self._OPTIONS)
             model_sd.update(m)
-            _merge_optim(optim_sd, o)
+            optim_sd.update(o)
         return {"model": model_sd, "optim": optim_sd}
 
     def load_state_dict(self, state: dict) -> None:
         for part, opt in self.pairs:
             names = set(get_model_state_dict(part))
-            model_sd = {k: v for k, v in state["model"].items() if k in names}
-            set_state_dict(part, opt, model_state_dict=model_sd,
-                           optim_state_dict=_select_optim(state["optim"], names))
-
-
-def _merge_optim(into: dict, part_sd: dict) -> None:
-    """Optimizer state dicts keyed by parameter name: merge state, concatenate groups."""
-    into.setdefault("state", {}).update(part_sd.get("state", {}))
-    into.setdefault("param_groups", []).extend(part_sd.get("param_groups", []))
-
-
-def _select_optim(optim_sd: dict, names: set[str]) -> dict:
-    """The part of a merged optimizer state dict that belongs to parameters ``names``."""
-    groups = [g for g in optim_sd["param_groups"] if set(g["params"]) <= names]
-    return {"state": {k: v for k, v in optim_sd["state"].items() if k in names},
-            "param_groups": groups}
+            set_state_dict(
+                part, opt, model_state_dict={k: state["model"][k] for k in names},
+                optim_state_dict=state["optim"], options=self._OPTIONS,
+            )
 
 
 class ModelState:

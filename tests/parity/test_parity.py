@@ -49,8 +49,10 @@ LAYOUTS = {
 }
 
 
-def run_layout(run_dir: Path, nproc: int, overrides: list[str], data: list[str]) -> list[dict]:
-    args = [*COMMON, *data, f"run.dir={run_dir}", *overrides]
+def run_layout(run_dir: Path, nproc: int, overrides: list[str], data: list[str],
+               common: list[str] = COMMON) -> list[dict]:
+    """Train with ``nproc`` processes (torchrun when > 1); returns metrics.jsonl records."""
+    args = [*common, *data, f"run.dir={run_dir}", *overrides]
     if nproc == 1:
         cmd = [sys.executable, "-m", "triforge.launcher.train", *args]
     else:

@@ -1,0 +1,35 @@
+"""Checkpoints written by several ranks resume exactly in the same layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.parity.test_parity import COMMON, run_layout
+
+LAYOUTS = {
+    "fsdp2": (2, ["parallel.dp_shard=2"]),
+    "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
+                    "parallel.pp_virtual_stages=2"]),
+}
+
+
+def losses(run_dir) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_resume_in_same_layout_is_bit_exact(name, tmp_path, data_overrides):
+    nproc, overrides = LAYOUTS[name]
+    common = [a for a in COMMON if not a.startswith("checkpoint.")] + ["checkpoint.every=5"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_layout(straight, nproc, overrides, data_overrides, common)
+    run_layout(split, nproc, [*overrides, "trainer.stop_at_step=5"], data_overrides, common)
+    assert sorted(losses(split)) == [1, 2, 3, 4, 5]
+    assert (split / "checkpoints" / "latest").read_text().strip() == "step_5"
+    run_layout(split, nproc, overrides, data_overrides, common)  # the same command resumes
+    a, b = losses(straight), losses(split)
+    assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]
