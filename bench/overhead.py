@@ -4,7 +4,7 @@ Both train the same model (same preset, seed, batch, sequence length, AdamW sett
 gradient clipping) on the same data, in one process, alternating in rounds so that machine
 noise hits both alike. Prints the ratio triforge / hand loop (target >= 0.95).
 
-    python bench/overhead.py [--rounds 3] [--steps 8] [hydra overrides, e.g. model=tiny]
+    python bench/overhead.py [--rounds 6] [--steps 8] [hydra overrides, e.g. model=tiny]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def framework_loop(trainer, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8)
     args, overrides = parser.parse_known_args()
     total = (args.rounds + 1) * args.steps * 2
@@ -74,8 +74,13 @@ def main() -> None:
         hand_loop(job, trainer, args.steps)
         ours, theirs = [], []
         for r in range(args.rounds):
-            ours.append(tokens / framework_loop(trainer, args.steps))
-            theirs.append(tokens / hand_loop(job, trainer, args.steps))
+            # Alternate which loop goes first, so neither always runs on a warmer machine.
+            if r % 2:
+                theirs.append(tokens / hand_loop(job, trainer, args.steps))
+                ours.append(tokens / framework_loop(trainer, args.steps))
+            else:
+                ours.append(tokens / framework_loop(trainer, args.steps))
+                theirs.append(tokens / hand_loop(job, trainer, args.steps))
             print(f"round {r}: triforge {ours[-1]:,.0f} tok/s  hand loop {theirs[-1]:,.0f} tok/s")
     ratio = statistics.median(ours) / statistics.median(theirs)
     print(f"model {job.model.name}, batch {job.trainer.batch_size} x {job.trainer.seq_len}: "

@@ -55,6 +55,12 @@ def check_batch(job: JobConfig, dims: ParallelDims) -> None:
             f"config: trainer.batch_size({t.batch_size}) / dp({dims.dp}) = {per_rank} must be "
             f"divisible by trainer.micro_batch_size({t.micro_batch_size})"
         )
+    micro = job.parallel.microbatches
+    if dims.pp > 1 and micro and per_rank % micro:
+        raise ConfigError(
+            f"config: trainer.batch_size({t.batch_size}) must be divisible by dp({dims.dp}) * "
+            f"parallel.microbatches({micro}) = {dims.dp * micro}"
+        )
 
 
 def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):

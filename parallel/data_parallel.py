@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool) -> None:
@@ -26,3 +26,10 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: 
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     # The root's parameters are needed again right at the start of backward: keep them.
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=False)
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Reduce gradients over data-parallel ranks in this backward pass, or only accumulate
+    them locally (gradient accumulation: only the last microbatch needs the reduction)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from triforge.parallel.context import ParallelContext, to_local_value
+from triforge.parallel.data_parallel import set_gradient_sync
 
 from .objectives import Batch
 
@@ -50,8 +51,10 @@ def forward_backward(
     """
     n_targets, scale = global_loss_scale(batch, ctx, device)
     total = torch.zeros((), device=device)
+    micros = batch.split(microbatches)
     with ctx.loss_context():
-        for micro in batch.split(microbatches):
+        for i, micro in enumerate(micros):
+            set_gradient_sync(model, i == len(micros) - 1)
             micro = micro.to(device)
             logits = model(micro.inputs, mask=micro.mask, positions=micro.positions)
             loss_sum = objective.loss(logits, micro.labels)

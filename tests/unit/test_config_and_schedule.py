@@ -68,3 +68,25 @@ def test_env_reads_torchrun_then_slurm_then_single():
     assert read_env({}).world_size == 1
     assert first_slurm_host("nodeA,nodeB") == "nodeA"
     assert first_slurm_host("x[1,3]") == "x1"
+
+
+def test_layout_errors_state_the_arithmetic():
+    from triforge.launcher.build import check_batch
+    from triforge.launcher.env import ProcessEnv
+    from triforge.launcher.train import resolve_layout
+
+    job = load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2",
+                       "parallel.microbatches=3", "trainer.batch_size=8"])
+    dims = resolve_layout(job, ProcessEnv(world_size=4))
+    with pytest.raises(ConfigError, match=r"divisible by dp\(2\) \* parallel.microbatches\(3\) = 6"):
+        check_batch(job, dims)
+    with pytest.raises(ConfigError, match=r"needs an untied output head"):
+        resolve_layout(load_config(["model=tiny", "parallel.tp=2"]), ProcessEnv(world_size=2))
+    with pytest.raises(ConfigError, match=r"n_layers\(2\) must be >= pp\(2\) \* "
+                                          r"pp_virtual_stages\(2\) = 4 stages"):
+        resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2",
+                                    "parallel.pp_schedule=interleaved_1f1b",
+                                    "parallel.pp_virtual_stages=2"]), ProcessEnv(world_size=2))
+    with pytest.raises(ConfigError, match=r"\* tp\(2\) \* pp\(1\) = 8 != WORLD_SIZE\(4\)"):
+        resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.tp=2",
+                                    "parallel.dp_shard=4"]), ProcessEnv(world_size=4))
