@@ -101,11 +101,15 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     def new_model():
         return build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
 
+    p = job.parallel
+    opts = ParallelOptions(sequence_parallel=p.sequence_parallel,
+                           fsdp_reshard_after_forward=p.fsdp_reshard_after_forward,
+                           activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every)
     if ctx.mesh is None:
-        model = materialize(new_model(), device, seed=job.seed)
+        model = new_model()
+        parallelize(model, ctx.dims, None, opts)
+        model = materialize(model, device, seed=job.seed)
         return [model], DirectRunner(model)
-    opts = ParallelOptions(sequence_parallel=job.parallel.sequence_parallel,
-                           fsdp_reshard_after_forward=job.parallel.fsdp_reshard_after_forward)
     parts, stage_ids, n_stages = [new_model()], [0], 1
     if ctx.dims.pp > 1:
         parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)

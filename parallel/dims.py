@@ -21,6 +21,8 @@ class ParallelConfig:
     pp_virtual_stages: int = 1  # stages per pipeline rank (interleaved schedules: >= 2)
     microbatches: int = 0  # pipeline microbatches per step; 0: per-rank batch / micro_batch_size
     pp_layers_per_stage: list[int] = field(default_factory=list)  # empty: balanced
+    activation_checkpoint: str = "none"  # none | full | selective (every ac_every-th block)
+    ac_every: int = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class ParallelDims:
     @classmethod
     def from_config(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
         """Resolve ``dp_shard=-1`` and check that the degrees multiply to the world size."""
+        if cfg.activation_checkpoint not in ("none", "full", "selective"):
+            raise ValueError(f"parallel.activation_checkpoint='{cfg.activation_checkpoint}' "
+                             "must be none, full or selective")
+        if cfg.ac_every < 1:
+            raise ValueError(f"parallel.ac_every({cfg.ac_every}) must be >= 1")
         if cfg.ep != 1:
             raise ValueError(f"parallel.ep({cfg.ep}) needs a mixture-of-experts model; use 1")
         for name in ("dp_replicate", "tp", "pp"):

@@ -106,3 +106,12 @@ def test_plot_cli_and_module_dispatch(tmp_path, data_overrides):
     proc = subprocess.run([sys.executable, "-m", "triforge", "plot", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "metrics.jsonl not found" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_gives_identical_losses(tmp_path, data_overrides, mode):
+    common = ("trainer.max_steps=4", "model.n_layers=3", "checkpoint.every=0")
+    _, plain = run(tmp_path, "plain", data_overrides, *common)
+    _, ckpt = run(tmp_path, mode, data_overrides, *common,
+                  f"parallel.activation_checkpoint={mode}", "parallel.ac_every=2")
+    assert losses(ckpt) == losses(plain)  # recomputation repeats the same ops: bit for bit

@@ -36,6 +36,8 @@ LAYOUTS = {
     "hsdp2x2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"]),
     "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "fsdp2_tp2": (4, ["parallel.dp_shard=2", "parallel.tp=2"]),
+    "fsdp2_ac_full": (2, ["parallel.dp_shard=2", "parallel.activation_checkpoint=full"]),
+    "tp2_ac_selective": (2, ["parallel.tp=2", "parallel.activation_checkpoint=selective"]),
     "pp2_gpipe": (2, ["parallel.pp=2", "parallel.pp_schedule=gpipe"]),
     "pp2_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=1f1b"]),
     "pp2_interleaved_1f1b": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",

@@ -88,3 +88,24 @@ def test_model_config_errors_name_the_rule():
         tiny(n_kv_heads=3).validate()
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         tiny(vocab_size=100).padded_vocab(258)
+
+
+def test_activation_checkpointing_saves_less_and_keeps_names():
+    from triforge.parallel.activation_checkpoint import apply_ac, saved_activation_bytes
+
+    cfg = tiny(n_layers=4)
+    tokens = torch.randint(0, 320, (2, 32))
+
+    def saved(mode):
+        model = build_model(cfg, vocab_size=320, attention_backend="sdpa")
+        apply_ac(model, mode=mode, every=2)
+        model = materialize(model, "cpu", seed=0)
+        return model, saved_activation_bytes(lambda: model(tokens).sum())
+
+    plain, none_bytes = saved("none")
+    selective, sel_bytes = saved("selective")
+    full, full_bytes = saved("full")
+    assert full_bytes < sel_bytes < none_bytes
+    assert set(full.state_dict()) == set(plain.state_dict())  # checkpoints keep plain names
+    with torch.no_grad():
+        torch.testing.assert_close(full(tokens), plain(tokens), rtol=0, atol=0)
