@@ -72,11 +72,15 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     dataset = open_dataset(job.data, build_if_missing=False, log=log)
     seq = job.trainer.seq_len
     train = dataset.split("train")
+    docs = job.data.document_masking
     sampler = GlobalSampler(WindowLoader.num_samples(train, seq), seed=job.seed)
-    loader = WindowLoader(train, seq, sampler)
+    loader = WindowLoader(train, seq, sampler, document_ids=docs)
     val = dataset.split("val")
     n_val = WindowLoader.num_samples(val, seq)
-    val_loader = WindowLoader(val, seq, GlobalSampler(n_val, seed=job.seed, shuffle=False)) if n_val else None
+    val_loader = None
+    if n_val:
+        val_sampler = GlobalSampler(n_val, seed=job.seed, shuffle=False)
+        val_loader = WindowLoader(val, seq, val_sampler, document_ids=docs)
     return dataset, loader, val_loader
 
 
@@ -152,7 +156,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "
         f"vocab {vocab}, on {device} x {dims.world_size}; "
         f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
-    objective = build_objective("clm")
+    objective = build_objective("clm", reset_positions=job.data.reset_positions)
     run_dir = Path(job.run.dir)
     evaluator = None
     if val_loader is not None and job.trainer.eval_every:

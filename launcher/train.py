@@ -36,6 +36,9 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
                           "output head; set model.tie_embeddings=false")
     if dims.pp > 1:
         check_pipeline(job, dims)
+        if job.data.document_masking:
+            raise ConfigError(f"config: data.document_masking is not supported with "
+                              f"parallel.pp({dims.pp}) > 1 yet; use pp=1")
     return dims
 
 

@@ -38,7 +38,7 @@ class Evaluator:
             part.eval()
         sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, target count
         for start in range(0, len(self.indices), self.batch_size):
-            windows = self.loader.windows(self.indices[start : start + self.batch_size])
+            windows = self.loader.batch(self.indices[start : start + self.batch_size])
             batch = self.objective.make_batch(windows).to(device)
             sums[0] += runner.loss_sum(self.objective, batch, ctx).double()
             sums[1] += batch.num_targets

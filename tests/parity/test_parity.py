@@ -90,3 +90,25 @@ def test_layout_matches_single_process(name, baseline, tmp_path, data_overrides)
     val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
     base_val = [r["val_loss"] for r in baseline if r.get("val_loss") is not None]
     assert len(val) == 2 and max_rel_diff(val, base_val) <= RTOL
+
+
+DOCS = ["data.document_masking=true", "data.reset_positions=true"]
+
+
+@pytest.fixture(scope="module")
+def baseline_docs(tmp_path_factory, data_overrides) -> list[dict]:
+    return run_layout(tmp_path_factory.mktemp("single_docs"), 1, DOCS, data_overrides)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["fsdp2", "tp2"])
+def test_document_masking_matches_single_process(name, baseline_docs, tmp_path,
+                                                 data_overrides):
+    """Packed windows with per-document attention and positions: the mask spec and the
+    positions travel through sharding (sequence parallelism included) unchanged."""
+    nproc, overrides = LAYOUTS[name]
+    records = run_layout(tmp_path / name, nproc, [*overrides, *DOCS], data_overrides)
+    for key in ("loss", "grad_norm"):
+        diff = max_rel_diff([r[key] for r in records], [r[key] for r in baseline_docs])
+        print(f"{name}+docs {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL

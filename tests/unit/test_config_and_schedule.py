@@ -29,6 +29,7 @@ def test_defaults_and_overrides_compose():
     (["attention.backend=magic"], r"attention.backend='magic'"),
     (["optim.schedule=step"], r"optim.schedule='step'"),
     (["data.tokenizer=wordpiece"], r"data.tokenizer='wordpiece'"),
+    (["data.reset_positions=true"], r"needs data.document_masking=true"),
     (["trainer.stop_at_step=9", "trainer.max_steps=5"], r"stop_at_step\(9\) > max_steps\(5\)"),
 ])
 def test_config_errors_are_one_line_and_name_the_rule(overrides, pattern):

@@ -22,6 +22,8 @@ class DataConfig:
     val_every: int = 50  # every N-th document goes to the validation split
     cache_dir: str = "~/.cache/triforge"
     verify_checksums: bool = False
+    document_masking: bool = False  # packed windows: tokens attend within their document only
+    reset_positions: bool = False  # with document masking: rotary positions restart per document
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -29,5 +31,7 @@ class DataConfig:
             raise ValueError(f"data.tokenizer='{self.tokenizer}' must be 'byte' or 'bpe'")
         if self.tokenizer == "bpe" and self.bpe_vocab_size < 300:
             raise ValueError(f"data.bpe_vocab_size({self.bpe_vocab_size}) must be >= 300")
+        if self.reset_positions and not self.document_masking:
+            raise ValueError("data.reset_positions=true needs data.document_masking=true")
         if self.val_every < 2:
             raise ValueError(f"data.val_every({self.val_every}) must be >= 2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -9,13 +11,24 @@ from .sampler import GlobalSampler
 from .shards import TokenSplit
 
 
+@dataclass
+class TokenWindows:
+    """A batch of packed windows: ``tokens`` (b, s + 1) and, with document masking on, the
+    document index of every token, ``doc_ids`` (b, s + 1)."""
+
+    tokens: torch.Tensor
+    doc_ids: torch.Tensor | None = None
+
+
 class WindowLoader:
     """Windows of ``seq_len + 1`` tokens over a split; sample i starts at token i * seq_len."""
 
-    def __init__(self, split: TokenSplit, seq_len: int, sampler: GlobalSampler):
+    def __init__(self, split: TokenSplit, seq_len: int, sampler: GlobalSampler, *,
+                 document_ids: bool = False):
         self.split = split
         self.seq_len = seq_len
         self.sampler = sampler
+        self.document_ids = document_ids
 
     @staticmethod
     def num_samples(split: TokenSplit, seq_len: int) -> int:
@@ -33,9 +46,14 @@ class WindowLoader:
         docs = np.searchsorted(self.split.doc_offsets, positions, side="right") - 1
         return torch.from_numpy(docs.astype(np.int64))
 
-    def next_batch(self, global_batch: int, *, dp_rank: int = 0, dp_size: int = 1) -> torch.Tensor:
+    def batch(self, indices: np.ndarray) -> TokenWindows:
+        """Windows of ``indices``, with document ids when the loader provides them."""
+        docs = self.doc_ids(indices) if self.document_ids else None
+        return TokenWindows(self.windows(indices), docs)
+
+    def next_batch(self, global_batch: int, *, dp_rank: int = 0, dp_size: int = 1) -> TokenWindows:
         """This rank's windows of the next global batch."""
-        return self.windows(self.sampler.next_batch(global_batch, dp_rank=dp_rank, dp_size=dp_size))
+        return self.batch(self.sampler.next_batch(global_batch, dp_rank=dp_rank, dp_size=dp_size))
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()

@@ -54,6 +54,17 @@ class Batch:
         return int((self.labels != IGNORE_INDEX).sum())
 
 
+def positions_in_documents(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(b, s) position of each token within its document run: rotary positions that restart
+    at 0 where a new document starts in a packed window."""
+    s = doc_ids.shape[1]
+    index = torch.arange(s, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of token losses over targets. Objectives return sums, and the step divides by the
     target count of the whole global batch, so the mean is exact under data parallelism and
