@@ -66,10 +66,10 @@ def check_batch(job: JobConfig, dims: ParallelDims) -> None:
 def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     """(dataset, train loader, validation loader or None). The main rank builds a missing
     dataset while the others wait, so ranks never race on the cache."""
-    if ctx.is_main:
-        open_dataset(job.data, build_if_missing=True, log=log)
+    dataset = open_dataset(job.data, build_if_missing=True, log=log) if ctx.is_main else None
     ctx.barrier()
-    dataset = open_dataset(job.data, build_if_missing=False, log=log)
+    if dataset is None:  # opened once per rank: checksum verification is not repeated
+        dataset = open_dataset(job.data, build_if_missing=False, log=log)
     seq = job.trainer.seq_len
     train = dataset.split("train")
     docs = job.data.document_masking
@@ -148,9 +148,8 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     seed_everything(job.seed)
     dataset, loader, val_loader = build_loaders(job, ctx, log=log)
     vocab = job.model.padded_vocab(dataset.tokenizer.vocab_size)
-    per_rank = job.trainer.batch_size // dims.dp
-    microbatches = per_rank // (job.trainer.micro_batch_size or per_rank)
-    parts, runner = build_parallel_model(job, vocab, ctx, device, microbatches)
+    parts, runner = build_parallel_model(job, vocab, ctx, device,
+                                         job.trainer.microbatches(dims.dp))
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "

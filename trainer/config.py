@@ -23,6 +23,11 @@ class TrainerConfig:
     deterministic: bool = False
     sample_at_end: bool = True
 
+    def microbatches(self, dp: int) -> int:
+        """Forward passes per rank and optimizer step (accumulation or pipeline microbatches)."""
+        per_rank = self.batch_size // dp
+        return per_rank // (self.micro_batch_size or per_rank)
+
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "seq_len", "log_every", "eval_batches"):
             if getattr(self, name) <= 0:

@@ -52,8 +52,7 @@ class Trainer:
 
     @property
     def microbatches(self) -> int:
-        per_rank = self.cfg.batch_size // self.ctx.dims.dp
-        return per_rank // (self.cfg.micro_batch_size or per_rank)
+        return self.cfg.microbatches(self.ctx.dims.dp)
 
     def fit(self) -> None:
         """Train until ``stop_at_step`` (or ``max_steps``), logging, evaluating and saving."""
