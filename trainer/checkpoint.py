@@ -1,10 +1,15 @@
 """Checkpoints in ``<run.dir>/checkpoints/step_N/`` with a ``latest`` pointer.
 
-Commit protocol: everything is written into ``step_N.tmp/``, the directory is renamed to
-``step_N/``, then ``latest`` is replaced atomically (write a temp file, rename). A crash at any
-point leaves the previous checkpoint and pointer intact, and a ``.tmp`` directory is never
-loaded. Tensors go through torch.distributed.checkpoint (sharded files once parallelism
-shards the model); the rest is JSON.
+Commit protocol: every rank writes into ``step_N.tmp/``; after a barrier the main rank hashes
+all files into ``manifest.json`` (see manifest.py), renames the directory to ``step_N/``, then
+replaces ``latest`` atomically (write a temp file, rename). A crash at any point leaves the
+previous checkpoint and pointer intact; a ``.tmp`` directory is never loaded, and neither is a
+directory whose files disagree with its manifest (truncated, altered, missing). Resuming falls
+back to the newest checkpoint that verifies. Tensors go through torch.distributed.checkpoint
+(sharded files once parallelism shards the model); the rest is JSON.
+
+The directory must be on a filesystem all ranks share: the main rank alone hashes, verifies,
+renames and prunes, and tells the other ranks its verdict.
 """
 
 from __future__ import annotations
@@ -13,19 +18,25 @@ import contextlib
 import json
 import re
 import shutil
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from triforge.errors import CheckpointError
 from triforge.parallel.context import ParallelContext
 
+from . import manifest
 from .config import CheckpointConfig
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 TENSORS = "tensors"
 STATE_FILE = "state.json"
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -39,8 +50,8 @@ def _single_process_ok():
 
 class Checkpointer:
     """Saves and finds checkpoints. With several ranks, every rank writes its tensor shards
-    (DCP) while the main rank alone creates, renames and prunes directories, with barriers
-    between the phases so no rank sees a half-committed checkpoint."""
+    (DCP) while the main rank alone creates, hashes, renames, verifies and prunes, with
+    barriers between the phases so no rank sees a half-committed checkpoint."""
 
     def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, log=print,
                  ctx: ParallelContext | None = None):
@@ -53,17 +64,21 @@ class Checkpointer:
         return self.cfg.every > 0 and step % self.cfg.every == 0
 
     def complete_steps(self) -> list[int]:
+        """Steps with a committed ``step_N`` directory (by name; ``verify`` checks content)."""
         if not self.root.is_dir():
             return []
-        steps = [int(m.group(1)) for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name))]
+        steps = [int(m.group(1)) for p in self.root.iterdir()
+                 if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
         return sorted(steps)
 
     def save(self, step: int, tensor_state, json_state: dict, *, config_yaml: str) -> Path:
-        """Write checkpoint ``step`` with the commit protocol; returns its directory."""
+        """Write checkpoint ``step`` with the commit protocol; returns its directory.
+        Every rank calls this."""
+        start = time.perf_counter()
         final = self.root / f"step_{step}"
         tmp = self.root / f"step_{step}.tmp"
         if self.ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            self._remove_uncommitted()
             tmp.mkdir(parents=True)
         self.ctx.barrier()
         with _single_process_ok():
@@ -72,10 +87,26 @@ class Checkpointer:
         if self.ctx.is_main:
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / "config.yaml").write_text(config_yaml)
+        # The manifest must cover every rank's shards: no hashing before all have written.
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            summary = manifest.write_manifest(tmp)
             self._commit(tmp, final)
             self._retain(keep_step=step)
+            self.log(f"checkpoint {final.name} committed in {time.perf_counter() - start:.1f} s "
+                     f"(manifest {summary.files} files, {summary.total_bytes / 1e6:.1f} MB, "
+                     f"hashed in {summary.seconds:.1f} s)")
         self.ctx.barrier()
         return final
+
+    def _remove_uncommitted(self) -> None:
+        """Delete ``.tmp`` directories of saves that crashed before their commit."""
+        if not self.root.is_dir():
+            return
+        for stale in self.root.glob("step_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+            self.log(f"removed {stale.name}, left by a save that never committed")
+        (self.root / "latest.tmp").unlink(missing_ok=True)
 
     def _commit(self, tmp: Path, final: Path) -> None:
         if final.exists():  # re-saving a step (e.g. after a resume): replace it whole
@@ -86,14 +117,55 @@ class Checkpointer:
         pointer_tmp.replace(self.root / "latest")
 
     def _retain(self, keep_step: int) -> None:
+        """Keep the newest ``keep`` sound checkpoints, counting ``keep_step`` (sound: it was
+        just hashed) as one, and delete older ones. A broken checkpoint does not take a slot,
+        so it never pushes out a good one. Older checkpoints get the quick check (manifest,
+        presence, sizes): rehashing them at every save would cost keep-1 full reads."""
         if self.cfg.keep <= 0:
             return
-        for old in self.complete_steps()[: -self.cfg.keep]:
-            if old != keep_step:
-                shutil.rmtree(self.root / f"step_{old}", ignore_errors=True)
+        kept = 1
+        for step in reversed(self.complete_steps()):
+            path = self.root / f"step_{step}"
+            if step == keep_step:
+                continue
+            if kept < self.cfg.keep:
+                if manifest.check(path, hashes=False) is None:
+                    kept += 1
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+    def verify(self, path: Path) -> None:
+        """Raise CheckpointError (on every rank) unless ``path`` matches its manifest. Every
+        rank calls this; the main rank alone reads and hashes the files."""
+        self._decide_on_main(lambda: manifest.verify(Path(path)))
 
     def find_resume(self) -> Path | None:
-        """The checkpoint to resume from according to ``checkpoint.resume``."""
+        """The verified checkpoint to resume from according to ``checkpoint.resume``, or None
+        to start fresh. Every rank calls this and gets the same answer: the main rank decides
+        (verifying means reading every byte; once is enough) and broadcasts its decision."""
+        return self._decide_on_main(self._choose_resume)
+
+    def _decide_on_main(self, decide: Callable[[], T]) -> T:
+        """Run ``decide`` on the main rank and give its result, or its error, to every rank,
+        so that all ranks load the same checkpoint or all stop with the same message."""
+        result, error = None, None
+        if self.ctx.is_main:
+            try:
+                result = decide()
+            except Exception as exc:  # other ranks must hear of any failure, not hang
+                error = exc
+        if self.ctx.dims.world_size > 1 and dist.is_initialized():
+            message = None if error is None else str(error)
+            box = [(None if result is None else str(result), message)]
+            dist.broadcast_object_list(box, src=0)
+            if not self.ctx.is_main:
+                result = None if box[0][0] is None else Path(box[0][0])
+                error = None if box[0][1] is None else CheckpointError(box[0][1])
+        if error is not None:
+            raise error
+        return result
+
+    def _choose_resume(self) -> Path | None:
         mode = self.cfg.resume
         if mode == "none":
             if self.complete_steps():
@@ -104,20 +176,56 @@ class Checkpointer:
             return None
         if mode != "auto":
             path = Path(mode).expanduser()
-            if not (path / STATE_FILE).is_file():
+            if path.name.endswith(".tmp"):
+                raise CheckpointError(f"checkpoint.resume={mode} is a save that never "
+                                      "committed (.tmp); pass a step_N directory")
+            if not path.is_dir():
                 raise CheckpointError(f"checkpoint.resume={mode} is not a checkpoint directory")
+            manifest.verify(path)
             return path
+        return self._newest_verified()
+
+    def _candidates(self) -> list[Path]:
+        """``latest`` first, then every ``step_N`` directory newest first."""
+        steps = [self.root / f"step_{s}" for s in reversed(self.complete_steps())]
         pointer = self.root / "latest"
-        if pointer.is_file():
-            path = self.root / pointer.read_text().strip()
-            if (path / STATE_FILE).is_file():
+        if not pointer.is_file():
+            if steps:
+                self.log(f"[warn] {pointer} is missing; trying checkpoints newest first")
+            return steps
+        named = self.root / pointer.read_text().strip()
+        if named not in steps:
+            self.log(f"[warn] {pointer} names {named.name}, which is not a checkpoint "
+                     "directory; trying checkpoints newest first")
+            return steps
+        return [named] + [p for p in steps if p != named]
+
+    def _newest_verified(self) -> Path | None:
+        """The first candidate that verifies; each rejected one is logged with its fault."""
+        for stale in sorted(self.root.glob("step_*.tmp")) if self.root.is_dir() else []:
+            self.log(f"[warn] ignoring {stale.name}: a save that never committed")
+        candidates = self._candidates()
+        faults = []
+        for i, path in enumerate(candidates):
+            fault = manifest.check(path)
+            if fault is None:
                 return path
-            self.log(f"[warn] {pointer} names {path.name}, which is incomplete; scanning")
-        steps = self.complete_steps()
-        return self.root / f"step_{steps[-1]}" if steps else None
+            faults.append(f"{path.name} {fault}")
+            then = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
+                    else "no checkpoint left")
+            self.log(f"[warn] checkpoint {path.name} rejected: it {fault}; {then}")
+        if faults:
+            # Starting fresh here would silently overwrite a run that did make progress.
+            raise CheckpointError(
+                f"none of the {len(faults)} checkpoints in {self.root} verifies (newest: "
+                f"{faults[0]}); restore a good copy, point checkpoint.resume at one, or use a "
+                "new run.dir"
+            )
+        return None
 
     def load(self, path: Path, tensor_state, json_state: dict) -> None:
-        """Restore ``tensor_state`` (Stateful) and each JSON-state object from ``path``."""
+        """Restore ``tensor_state`` (Stateful) and each JSON-state object from ``path``, a
+        checkpoint that ``find_resume`` (or ``verify``) has already verified."""
         try:
             state = json.loads((path / STATE_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
