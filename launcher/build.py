@@ -21,8 +21,11 @@ from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, WandbSink
+from triforge.trainer.loss_scale import LossScaler
+from triforge.trainer.numerics import NonfiniteInjector, StepGuard
 from triforge.trainer.objectives import build_objective
 from triforge.trainer.optim import Optimizers
+from triforge.trainer.precision import PrecisionPolicy
 from triforge.trainer.step import DirectRunner
 from triforge.trainer.throughput import Throughput
 from triforge.trainer.trainer import Trainer
@@ -99,7 +102,7 @@ def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list:
 
 
 def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, device,
-                         microbatches: int):
+                         microbatches: int, precision: PrecisionPolicy):
     """(model parts on ``device``, runner): this rank's model or pipeline stages, sharded
     for the layout, with the seed's initial weights."""
     def new_model():
@@ -108,7 +111,8 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     p = job.parallel
     opts = ParallelOptions(sequence_parallel=p.sequence_parallel,
                            fsdp_reshard_after_forward=p.fsdp_reshard_after_forward,
-                           activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every)
+                           activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every,
+                           mp_policy=precision.fsdp_policy())
     if ctx.mesh is None:
         model = new_model()
         parallelize(model, ctx.dims, None, opts)
@@ -147,15 +151,16 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     check_batch(job, dims)
     seed_everything(job.seed)
     dataset, loader, val_loader = build_loaders(job, ctx, log=log)
-    vocab = job.model.padded_vocab(dataset.tokenizer.vocab_size)
+    objective = build_job_objective(job, dataset.tokenizer)
+    vocab = job.model.padded_vocab(objective.vocab_size)
+    precision = build_precision(job, ctx)
     parts, runner = build_parallel_model(job, vocab, ctx, device,
-                                         job.trainer.microbatches(dims.dp))
+                                         job.trainer.microbatches(dims.dp), precision)
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "
         f"vocab {vocab}, on {device} x {dims.world_size}; "
         f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
-    objective = build_objective("clm", reset_positions=job.data.reset_positions)
     run_dir = Path(job.run.dir)
     evaluator = None
     if val_loader is not None and job.trainer.eval_every:
@@ -173,6 +178,27 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                                             job.trainer.seq_len),
             peak_flops=peak, num_devices=dims.world_size, device=device,
         ),
-        sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job), ctx=ctx,
+        sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job),
+        precision=precision, scaler=LossScaler(job.precision, enabled=precision.loss_scaling),
+        guard=StepGuard(ctx, policy=job.trainer.nonfinite, spike_zscore=job.trainer.spike_zscore,
+                        spike_window=job.trainer.spike_window,
+                        loss_scaling=precision.loss_scaling),
+        injector=NonfiniteInjector(job.debug, ctx.rank), ctx=ctx, message=log,
     )
     return trainer, dataset.tokenizer
+
+
+def build_job_objective(job: JobConfig, tokenizer):
+    """The objective; its ``vocab_size`` (tokenizer plus the objective's special tokens) is
+    what the model's embedding is sized from, in training and in generation alike."""
+    try:
+        return build_objective(job.objective, tokenizer_vocab=tokenizer.vocab_size,
+                               pad_id=tokenizer.pad_id, seed=job.seed,
+                               reset_positions=job.data.reset_positions)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
+def build_precision(job: JobConfig, ctx: ParallelContext) -> PrecisionPolicy:
+    """FSDP2 wraps the model exactly when there is data parallelism (see ``parallelize``)."""
+    return PrecisionPolicy(job.precision, fsdp_enabled=ctx.mesh is not None and ctx.dims.dp > 1)

@@ -29,8 +29,9 @@ from triforge.trainer.config import (
     TrainerConfig,
 )
 from triforge.trainer.data.config import DataConfig
-
-PRECISIONS = ("fp32",)
+from triforge.trainer.numerics import DebugConfig
+from triforge.trainer.objectives import ObjectiveConfig
+from triforge.trainer.precision import PrecisionConfig
 
 
 @dataclass
@@ -47,9 +48,10 @@ class AttentionConfig:
 class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     seed: int = 1234
-    precision: str = "fp32"
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -57,21 +59,27 @@ class JobConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def _register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="job_schema", node=JobConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
+    cs.store(group="objective", name="objective_schema", node=ObjectiveConfig)
 
 
 def validate(job: JobConfig) -> None:
     """Value and cross-field checks; raises ValueError with the arithmetic in the message."""
     job.model.validate()
     job.data.validate()
+    job.objective.validate()
     job.trainer.validate()
     job.optim.validate()
     job.checkpoint.validate()
+    job.precision.validate()
+    job.debug.validate()
     t = job.trainer
     if t.seq_len > job.model.max_seq_len:
         raise ValueError(
@@ -79,8 +87,6 @@ def validate(job: JobConfig) -> None:
         )
     if t.stop_at_step and t.stop_at_step > t.max_steps:
         raise ValueError(f"trainer.stop_at_step({t.stop_at_step}) > max_steps({t.max_steps})")
-    if job.precision not in PRECISIONS:
-        raise ValueError(f"precision='{job.precision}' is not one of {PRECISIONS}")
     if job.attention.backend not in BACKENDS:
         raise ValueError(f"attention.backend='{job.attention.backend}' is not one of {BACKENDS}")
     check_backend_available(job.attention.backend)

@@ -13,7 +13,7 @@ from triforge.trainer.data import open_dataset
 from triforge.trainer.generate import sample_text
 from triforge.trainer.state import ModelState
 
-from .build import pick_device
+from .build import build_job_objective, pick_device
 from .config import load_config, load_run_config
 from .env import read_env
 
@@ -30,7 +30,7 @@ def generate(overrides: list[str]) -> str:
         raise CheckpointError(f"no checkpoint in {run_dir}/checkpoints; train first or set run.dir")
     dataset = open_dataset(job.data, build_if_missing=False)
     device = pick_device(job.trainer.device, read_env())
-    vocab = job.model.padded_vocab(dataset.tokenizer.vocab_size)
+    vocab = job.model.padded_vocab(build_job_objective(job, dataset.tokenizer).vocab_size)
     model = materialize(build_model(job.model, vocab_size=vocab,
                                     attention_backend=job.attention.backend), device, seed=0)
     checkpointer.load_tensors(path, ModelState(model))

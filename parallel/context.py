@@ -48,6 +48,13 @@ class ParallelContext:
             dist.all_reduce(tensor, group=self.mesh["pp"].get_group())
         return tensor
 
+    def min_over_world(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise minimum over every rank of every mesh dimension (in place): decisions
+        that all ranks must share, e.g. whether a step is skipped."""
+        if dist.is_initialized() and self.dims.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor
+
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
-def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool) -> None:
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool,
+               mp_policy: MixedPrecisionPolicy | None = None) -> None:
     """Wrap each block, then the root, over ``dp_mesh`` (1-D shard or 2-D replicate x shard).
 
     Per-block wrapping lets FSDP gather one block's parameters at a time. The root keeps
     embedding, final norm and head; ``reshard_after_forward`` (ZeRO-3) frees gathered block
-    parameters after forward at the cost of gathering them again for backward.
+    parameters after forward at the cost of gathering them again for backward. ``mp_policy``
+    sets the dtypes of gathered parameters and of gradient reductions (default: fp32).
     """
+    mp_policy = mp_policy or MixedPrecisionPolicy()
     for block in model.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward,
+                    mp_policy=mp_policy)
     # The root's parameters are needed again right at the start of backward: keep them.
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=False)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp_policy)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from .activation_checkpoint import apply_ac
 from .data_parallel import apply_fsdp
@@ -20,6 +21,7 @@ class ParallelOptions:
     fsdp_reshard_after_forward: bool = True
     activation_checkpoint: str = "none"
     ac_every: int = 2
+    mp_policy: MixedPrecisionPolicy = MixedPrecisionPolicy()  # fp32 unless a policy is given
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None,
@@ -31,4 +33,5 @@ def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None,
     apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
     if mesh is not None and dims.dp > 1:
         dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
-        apply_fsdp(model, dp_mesh, reshard_after_forward=opts.fsdp_reshard_after_forward)
+        apply_fsdp(model, dp_mesh, reshard_after_forward=opts.fsdp_reshard_after_forward,
+                   mp_policy=opts.mp_policy)

@@ -104,12 +104,13 @@ class PipelineRunner:
         return ctx.all_reduce_pp(total)
 
     def forward_backward(self, objective, batch, *, microbatches: int, device,
-                         ctx: ParallelContext) -> torch.Tensor:
+                         ctx: ParallelContext, loss_scale: float = 1.0):
+        """(global mean loss, this rank's loss sum), as ``trainer.step.forward_backward``."""
         from triforge.trainer.step import global_loss_scale
 
-        n_targets, scale = global_loss_scale(batch, ctx, device)
+        n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
         total = self._run(objective, batch.to(device), ctx, scale, train=True)
-        return ctx.all_reduce_dp(total) / n_targets
+        return ctx.all_reduce_dp(total.clone()) / n_targets, total
 
     def loss_sum(self, objective, batch, ctx: ParallelContext) -> torch.Tensor:
         with torch.no_grad():

@@ -22,6 +22,9 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False
     sample_at_end: bool = True
+    nonfinite: str = "halt"  # skip | halt: what a non-finite loss or gradient does
+    spike_zscore: float = 0.0  # skip updates whose loss is this many std above recent (0: off)
+    spike_window: int = 100  # applied steps the spike statistics look back over
 
     def microbatches(self, dp: int) -> int:
         """Forward passes per rank and optimizer step (accumulation or pipeline microbatches)."""
@@ -35,6 +38,11 @@ class TrainerConfig:
         for name in ("stop_at_step", "micro_batch_size", "eval_every", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name}({getattr(self, name)}) must be >= 0")
+        if self.nonfinite not in ("skip", "halt"):
+            raise ValueError(f"trainer.nonfinite='{self.nonfinite}' must be skip or halt")
+        if self.spike_zscore < 0 or self.spike_window < 10:
+            raise ValueError(f"trainer.spike_zscore({self.spike_zscore}) must be >= 0 and "
+                             f"spike_window({self.spike_window}) >= 10")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device='{self.device}' must be auto, cpu or cuda")
 

@@ -3,6 +3,7 @@ objects it calls at step boundaries."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,9 +15,12 @@ from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
 from .data.loader import WindowLoader
 from .evaluate import Evaluator
+from .loss_scale import LossScaler
+from .numerics import NonfiniteInjector, StepGuard, Verdict
 from .optim import Optimizers, lr_at, set_lr
+from .precision import PrecisionPolicy
 from .state import ModelOptimizerState, RNGState, TrainState
-from .step import clip_gradients
+from .step import clip_gradients, global_grad_norm
 from .throughput import Throughput
 
 
@@ -35,13 +39,19 @@ class Trainer:
     sinks: list
     device: torch.device
     config_yaml: str
+    precision: PrecisionPolicy
+    scaler: LossScaler
+    guard: StepGuard
+    injector: NonfiniteInjector
     ctx: ParallelContext = field(default_factory=ParallelContext.single)
+    message: Callable[[str], None] = print  # one-off notices (the main rank's log)
 
     def __post_init__(self) -> None:
         self.state = TrainState()
         self._tensor_state = ModelOptimizerState(self.parts, self.optimizer.optimizers)
-        self._json_state = {"train": self.state, "data": self.loader, "rng": RNGState()}
-        self._losses: list[torch.Tensor] = []
+        self._json_state = {"train": self.state, "data": self.loader, "rng": RNGState(),
+                            "scaler": self.scaler}
+        self._losses: list[float] = []
 
     @property
     def model(self) -> nn.Module:
@@ -64,7 +74,7 @@ class Trainer:
             metrics = self.train_step()
             step = self.state.step
             if self.evaluator is not None and self.evaluator.should_run(step):
-                with self.throughput.paused():
+                with self.throughput.paused(), self.precision.autocast(self.device):
                     metrics.update(self.evaluator.run(self.runner, self.parts, self.device,
                                                       self.ctx))
             if step % self.cfg.log_every == 0 or step == stop or "val_loss" in metrics:
@@ -76,26 +86,53 @@ class Trainer:
                     self.save()
 
     def train_step(self) -> dict:
+        """One optimizer step: forward/backward, unscale, agree on the verdict, then update
+        or skip. A skipped step still consumes its data and advances the schedule (as in
+        Megatron-LM), so a resumed run replays the same sequence."""
+        step = self.state.step + 1
         lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)
         set_lr(self.optimizer, lr)
         windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
                                          dp_size=self.ctx.dims.dp)
         batch = self.objective.make_batch(windows)
-        loss = self.runner.forward_backward(self.objective, batch, ctx=self.ctx,
-                                            microbatches=self.microbatches, device=self.device)
-        grad_norm = clip_gradients(self.parts, self.cfg.grad_clip, self.ctx)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        with self.precision.autocast(self.device):
+            loss, local_loss = self.runner.forward_backward(
+                self.injector.objective(self.objective, step), batch, ctx=self.ctx,
+                microbatches=self.microbatches, device=self.device, loss_scale=self.scaler.scale)
+        self.injector.gradients(self.parts, step)
+        self.scaler.unscale_(self.parts)
+        grad_norm = global_grad_norm(self.parts, self.ctx)
+        verdict = self.guard.check(step, local_loss, grad_norm, loss.item())
+        self._update(step, verdict, grad_norm)
         tokens = self.cfg.batch_size * self.cfg.seq_len
-        self.state.step += 1
+        self.state.step = step
         self.state.tokens_seen += tokens
         self.throughput.add(tokens)
-        self._losses.append(loss)
-        return {"lr": lr, "grad_norm": grad_norm}
+        if verdict.apply:
+            self._losses.append(loss.item())
+        return {"lr": lr, "grad_norm": grad_norm, **self._precision_metrics()}
+
+    def _update(self, step: int, verdict: Verdict, grad_norm: torch.Tensor) -> None:
+        """Apply the step, or leave parameters and optimizer state untouched bit for bit."""
+        self.scaler.update(overflow=verdict.grad_rank is not None)
+        if verdict.apply:
+            clip_gradients(self.parts, self.cfg.grad_clip, grad_norm)
+            self.optimizer.step()
+        else:
+            self.state.skipped_steps += 1
+            self.message(f"[warn] step {step} skipped: {verdict.reason} "
+                         f"({self.state.skipped_steps} skipped so far)")
+        self.optimizer.zero_grad()
+
+    def _precision_metrics(self) -> dict:
+        metrics = {"skipped_steps": self.state.skipped_steps}
+        if self.scaler.enabled:
+            metrics["loss_scale"] = self.scaler.scale
+        return metrics
 
     def log(self, step: int, metrics: dict) -> None:
-        # One device sync per log interval, not per step: losses stay on the device until now.
-        loss = torch.stack(self._losses).mean().item() if self._losses else float("nan")
+        # Mean over the interval's applied steps (a skipped step's loss may be NaN).
+        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
         self._losses.clear()
         record = {"loss": loss, **metrics, **self.throughput.report()}
         record["grad_norm"] = float(record["grad_norm"])

@@ -14,10 +14,16 @@ from .shards import TokenSplit
 @dataclass
 class TokenWindows:
     """A batch of packed windows: ``tokens`` (b, s + 1) and, with document masking on, the
-    document index of every token, ``doc_ids`` (b, s + 1)."""
+    document index of every token, ``doc_ids`` (b, s + 1).
+
+    sample_ids: (b,) int64 global index of each window. Objectives that draw noise seed it
+    from (seed, sample id), so a sample is corrupted the same way under any parallel layout,
+    after a resume and in every evaluation.
+    """
 
     tokens: torch.Tensor
     doc_ids: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None
 
 
 class WindowLoader:
@@ -49,7 +55,8 @@ class WindowLoader:
     def batch(self, indices: np.ndarray) -> TokenWindows:
         """Windows of ``indices``, with document ids when the loader provides them."""
         docs = self.doc_ids(indices) if self.document_ids else None
-        return TokenWindows(self.windows(indices), docs)
+        sample_ids = torch.from_numpy(np.asarray(indices, dtype=np.int64).copy())
+        return TokenWindows(self.windows(indices), docs, sample_ids)
 
     def next_batch(self, global_batch: int, *, dp_rank: int = 0, dp_size: int = 1) -> TokenWindows:
         """This rank's windows of the next global batch."""

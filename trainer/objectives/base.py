@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +64,39 @@ def positions_in_documents(doc_ids: torch.Tensor) -> torch.Tensor:
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
     return index - first
+
+
+def positions_by_id(ids: torch.Tensor) -> torch.Tensor:
+    """(b, s) rank of each token among the earlier tokens of its row with the same id.
+
+    For contiguous document runs this equals ``positions_in_documents``; it also covers rows
+    an objective rearranged (a document's prefix tokens, then its targets further right).
+    """
+    s = ids.shape[1]
+    sorted_ids, order = torch.sort(ids, dim=1, stable=True)
+    index = torch.arange(s, device=ids.device).expand_as(ids)
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return torch.empty_like(ids).scatter_(1, order, index - first)
+
+
+def special_token_ids(names: tuple[str, ...], tokenizer_vocab: int) -> dict[str, int]:
+    """Ids for an objective's own tokens, right after the tokenizer's vocabulary, in order."""
+    return {name: tokenizer_vocab + i for i, name in enumerate(names)}
+
+
+def sample_rngs(sample_ids: torch.Tensor | None, *, seed: int, stream: int,
+                objective: str) -> list[np.random.Generator]:
+    """One generator per sample, seeded by (seed, sample id, objective stream) alone: the
+    noise of a sample then never depends on the batch it landed in, the parallel layout, a
+    resume, or the global RNG state."""
+    if sample_ids is None:
+        raise ValueError(
+            f"objective '{objective}' needs TokenWindows.sample_ids to seed its noise per sample; "
+            "build windows with WindowLoader.batch"
+        )
+    return [np.random.default_rng([seed, int(i), stream]) for i in sample_ids.tolist()]
 
 
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

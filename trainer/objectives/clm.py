@@ -8,6 +8,7 @@ from triforge.kernels.attention import AttentionMask
 
 from ..data.loader import TokenWindows
 from .base import Batch, positions_in_documents, summed_cross_entropy
+from .config import ObjectiveConfig
 
 _CAUSAL = AttentionMask("causal")
 
@@ -17,8 +18,13 @@ class CausalLM:
     within its own document; ``reset_positions`` restarts rotary positions per document."""
 
     name = "clm"
+    special_tokens: tuple[str, ...] = ()
 
-    def __init__(self, *, reset_positions: bool = False):
+    def __init__(self, cfg: ObjectiveConfig | None = None, *, tokenizer_vocab: int = 0,
+                 pad_id: int = 0, seed: int = 0, reset_positions: bool = False):
+        # next-token prediction draws no noise and adds no tokens: cfg, pad_id, seed unused
+        self.token_ids: dict[str, int] = {}
+        self.vocab_size = tokenizer_vocab
         self.reset_positions = reset_positions
 
     def make_batch(self, windows: TokenWindows) -> Batch:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One prepared pass of the GPU checks (kernel tests, attention speed, training steps in each
+# precision), for a lent GPU machine whose image has torch and triton but not our other
+# dependencies. Usage: bench/gpu_check.sh OUT_DIR [SITE_DIR DATA_DIR]
+#   SITE_DIR: pure-Python packages missing there (hydra, omegaconf, antlr4), put on PYTHONPATH
+#   DATA_DIR: a prepared dataset directory (data.dir), so no corpus is built there
+set -u
+out=${1:?output directory}; site=${2:-}; data=${3:-}
+[ -n "$site" ] && export PYTHONPATH="$site"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# Editable, as in development: run from the repo root, the source tree's triforge/ would
+# shadow a regular install.
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/install.txt" 2>&1 \
+    || { echo "install failed"; tail -5 "$out/install.txt"; exit 1; }
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+echo "== kernel tests on the GPU (compiled Triton, not the interpreter)"
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/kernels 2>&1 | tail -15 | tee "$out/kernels.txt"
+
+echo "== training steps: gpt2_124m shape, seq 1024, batch 16"
+data_arg=(); [ -n "$data" ] && data_arg=("data.dir=$data")
+for run in "fp32 sdpa" "bf16 sdpa" "bf16 triton" "fp16 triton"; do
+    set -- $run
+    echo "-- precision=$1 attention.backend=$2"
+    timeout 150 python3 -m triforge.launcher.train model=gpt2_124m precision="$1" \
+        attention.backend="$2" "${data_arg[@]}" trainer.seq_len=1024 trainer.batch_size=16 \
+        trainer.max_steps=30 trainer.log_every=10 trainer.eval_every=0 optim.warmup_steps=10 \
+        logging.wandb.enabled=false logging.progress_bar=false trainer.sample_at_end=false \
+        checkpoint.every=0 checkpoint.save_at_end=false checkpoint.resume=none \
+        run.dir="/tmp/gpu_$1_$2" 2>&1 | grep -E "^step|model |error|Error" | tee -a "$out/train.txt"
+done
+
+[ -n "${SKIP_BENCH:-}" ] && exit 0
+echo "== attention speed vs SDPA (flash backend)"
+timeout 200 python3 bench/attention.py --seqs 2048 8192 --head-dims 64 128 2>&1 \
+    | tee "$out/attention.txt" | tail -12
