@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from triforge.errors import ConfigError
 from triforge.models import build_model, materialize
+from triforge.models.hf import check_hf_dir, read_hf_state_dict
 from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
 from triforge.parallel.materialize import materialize_sharded
@@ -133,6 +135,34 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     return parts, runner
 
 
+def apply_init_from_hf(job: JobConfig, parts: list, vocab: int, ctx: ParallelContext, *,
+                       log) -> None:
+    """checkpoint.init_from_hf: replace the seed's initial weights of ``parts`` by those of a
+    Hugging Face Llama directory, unless a checkpoint will be resumed (it would overwrite
+    them). Every rank checks config.json and the tensor headers, so a mismatch stops all
+    ranks with the same message; the main rank alone reads the weights and broadcasts them
+    into every rank's shards, as ``materialize_sharded`` does for the seed's weights."""
+    path, ckpt = job.checkpoint.init_from_hf, job.checkpoint
+    if not path:
+        return
+    if ckpt.resume != "none" and (ckpt.resume != "auto" or
+                                  Checkpointer(Path(job.run.dir), ckpt).complete_steps()):
+        log(f"checkpoint.init_from_hf={path} ignored: resuming from a checkpoint of "
+            f"{job.run.dir} (checkpoint.resume={ckpt.resume}), which wins")
+        return
+    try:
+        check_hf_dir(Path(path), job.model, vocab)
+    except ValueError as exc:
+        raise ConfigError(f"init_from_hf: {exc}") from None
+    full_sd = read_hf_state_dict(Path(path), tied=job.model.tie_embeddings) if ctx.is_main else {}
+    # strict=False: a pipeline stage holds only some parameters; check_hf_dir saw them all.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=ctx.mesh is not None,
+                               strict=False)
+    for part in parts:
+        set_model_state_dict(part, full_sd, options=options)
+    log(f"initial weights from {path} (checkpoint.init_from_hf)")
+
+
 def split_for_rank(model, job: JobConfig, ctx: ParallelContext):
     """(parts, stage ids, number of stages) of this pipeline rank (loop order)."""
     pp, virtual = ctx.dims.pp, job.parallel.pp_virtual_stages
@@ -156,6 +186,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     precision = build_precision(job, ctx)
     parts, runner = build_parallel_model(job, vocab, ctx, device,
                                          job.trainer.microbatches(dims.dp), precision)
+    apply_init_from_hf(job, parts, vocab, ctx, log=log)
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "

@@ -11,6 +11,7 @@ COMMANDS = {
     "generate": "triforge.launcher.generate",
     "plot": "triforge.launcher.plot",
     "layout": "triforge.launcher.layout",
+    "export": "triforge.launcher.export",
 }
 
 
