@@ -19,6 +19,9 @@ class ProcessEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"  # single | torchrun | slurm
+    # torchrun's elastic agent hosts the rendezvous store and restarts failed workers
+    agent_store: bool = False
+    restart_count: int = 0
     wandb_api_key_set: bool = False
 
 
@@ -44,6 +47,8 @@ def read_env(environ: dict | None = None) -> ProcessEnv:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", 29500)),
             source="torchrun", wandb_api_key_set=wandb_key,
+            agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+            restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return ProcessEnv(

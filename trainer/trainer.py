@@ -3,6 +3,7 @@ objects it calls at step boundaries."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,14 @@ from .precision import PrecisionPolicy
 from .state import ModelOptimizerState, RNGState, TrainState
 from .step import clip_gradients, global_grad_norm
 from .throughput import Throughput
+
+
+class Preempted(Exception):
+    """Raised by ``fit`` after the checkpoint of a preempted run is committed."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted at step {step}")
+        self.step = step
 
 
 @dataclass
@@ -45,6 +54,7 @@ class Trainer:
     injector: NonfiniteInjector
     ctx: ParallelContext = field(default_factory=ParallelContext.single)
     message: Callable[[str], None] = print  # one-off notices (the main rank's log)
+    watch: object | None = None  # preemption signals: ``received`` (name or None) and ``at``
 
     def __post_init__(self) -> None:
         self.state = TrainState()
@@ -84,6 +94,25 @@ class Trainer:
             if self.checkpointer.should_save(step) and step != stop:
                 with self.throughput.paused():
                     self.save()
+            if self._preempted():
+                self._stop_for_preemption(step)
+
+    def _preempted(self) -> bool:
+        """Whether any rank has received a preemption signal. All ranks must agree (signals
+        reach ranks at different times), or some would save while others train on."""
+        if self.watch is None:
+            return False
+        world = self.ctx.dims.world_size
+        flag = torch.tensor([self.ctx.rank if self.watch.received else world], device=self.device)
+        return int(self.ctx.min_over_world(flag)) < world
+
+    def _stop_for_preemption(self, step: int) -> None:
+        if self.checkpointer.complete_steps()[-1:] != [step]:
+            self.save()
+        after = (f"{time.monotonic() - self.watch.at:.1f} s after {self.watch.received}"
+                 if self.watch.at is not None else "after a signal to another rank")
+        self.message(f"preempted: checkpoint step_{step} committed {after}; exiting for requeue")
+        raise Preempted(step)
 
     def train_step(self) -> dict:
         """One optimizer step: forward/backward, unscale, agree on the verdict, then update
