@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
@@ -36,6 +37,7 @@ from .config import CheckpointConfig
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 TENSORS = "tensors"
 STATE_FILE = "state.json"
+RANKS = "ranks"  # one JSON file of per-rank state per rank
 T = TypeVar("T")
 
 
@@ -71,7 +73,8 @@ class Checkpointer:
                  if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
         return sorted(steps)
 
-    def save(self, step: int, tensor_state, json_state: dict, *, config_yaml: str) -> Path:
+    def save(self, step: int, tensor_state, json_state: dict, *, config_yaml: str,
+             rank_state: dict | None = None) -> Path:
         """Write checkpoint ``step`` with the commit protocol; returns its directory.
         Every rank calls this."""
         start = time.perf_counter()
@@ -84,6 +87,10 @@ class Checkpointer:
         with _single_process_ok():
             dcp.save({"app": tensor_state}, checkpoint_id=str(tmp / TENSORS))
         state = {name: obj.state_dict() for name, obj in json_state.items()}
+        own = {name: obj.state_dict() for name, obj in (rank_state or {}).items()}
+        if own:  # every rank's own file: RNG streams differ per rank
+            (tmp / RANKS).mkdir(exist_ok=True)
+            (tmp / RANKS / f"rank_{self.ctx.rank}.json").write_text(json.dumps(own))
         if self.ctx.is_main:
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / "config.yaml").write_text(config_yaml)
@@ -223,18 +230,56 @@ class Checkpointer:
             )
         return None
 
-    def load(self, path: Path, tensor_state, json_state: dict) -> None:
+    def load(self, path: Path, tensor_state, json_state: dict, rank_state: dict | None = None,
+             ) -> None:
         """Restore ``tensor_state`` (Stateful) and each JSON-state object from ``path``, a
-        checkpoint that ``find_resume`` (or ``verify``) has already verified."""
+        checkpoint that ``find_resume`` (or ``verify``) has already verified. Checks first
+        that the checkpoint's tensors fit the model, on every rank, before any is loaded."""
         try:
             state = json.loads((path / STATE_FILE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path / STATE_FILE} is unreadable ({exc})") from None
+        self._check_fits(path, tensor_state)
         for name, obj in json_state.items():
             if name not in state:
                 raise CheckpointError(f"{path} has no '{name}' state; it is not a triforge checkpoint")
             obj.load_state_dict(state[name])
+        self._load_rank_state(path, rank_state or {})
         self.load_tensors(path, tensor_state)
+
+    def _check_fits(self, path: Path, tensor_state) -> None:
+        """Every rank compares its parameters' full shapes with the checkpoint's; all ranks
+        stop if any rank finds a mismatch (a pipeline stage may hold none of the mismatching
+        parameters, and must not go on into the collective load alone)."""
+        wanted = {f"app.model.{k}": tuple(v.shape)
+                  for k, v in tensor_state.state_dict()["model"].items()}
+        problems = model_mismatches(path, wanted)
+        world = self.ctx.dims.world_size
+        first = torch.tensor([self.ctx.rank if problems else world])
+        if world > 1 and dist.is_initialized():
+            first = self.ctx.min_over_world(first.to(_collective_device()))
+        if problems:
+            more = f" and {len(problems) - 6} more" if len(problems) > 6 else ""
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model: {'; '.join(problems[:6])}{more}; "
+                f"resume with the model settings in {path / 'config.yaml'} or use a new run.dir")
+        if int(first) < world:
+            raise CheckpointError(f"checkpoint {path} does not fit this model (rank "
+                                  f"{int(first)} lists the mismatching parameters)")
+
+    def _load_rank_state(self, path: Path, rank_state: dict) -> None:
+        """Each rank's own state (RNG streams), when the checkpoint has this rank's file."""
+        if not rank_state:
+            return
+        own = path / RANKS / f"rank_{self.ctx.rank}.json"
+        if not own.is_file():
+            if self.ctx.is_main:
+                self.log(f"[warn] {path.name} was saved by fewer ranks: ranks without a saved "
+                         "RNG state keep their seeded streams")
+            return
+        saved = json.loads(own.read_text())
+        for name, obj in rank_state.items():
+            obj.load_state_dict(saved[name])
 
     @staticmethod
     def load_tensors(path: Path, tensor_state) -> None:
@@ -245,3 +290,26 @@ class Checkpointer:
         except Exception as exc:  # DCP raises many types; its first line names the problem
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot load {path / TENSORS}: {first}") from exc
+
+
+def model_mismatches(path: Path, wanted: dict[str, tuple]) -> list[str]:
+    """``name: checkpoint shape vs model shape`` for each parameter of ``wanted`` (DCP key ->
+    full shape) that the checkpoint at ``path`` lacks or holds with another shape."""
+    try:
+        saved = dcp.FileSystemReader(str(path / TENSORS)).read_metadata().state_dict_metadata
+    except Exception as exc:  # a verified checkpoint always has metadata; say what broke
+        raise CheckpointError(f"cannot read {path / TENSORS}/.metadata ({exc})") from None
+    problems = []
+    for key, shape in wanted.items():
+        name = key.removeprefix("app.model.")
+        if key not in saved:
+            problems.append(f"{name} missing from the checkpoint")
+        elif tuple(saved[key].size) != shape:
+            problems.append(f"{name} {list(saved[key].size)} vs model {list(shape)}")
+    return problems
+
+
+def _collective_device() -> torch.device:
+    """Collectives run on the backend's device: CUDA for NCCL, CPU for gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if (
+        dist.get_backend() == "nccl") else torch.device("cpu")

@@ -59,8 +59,8 @@ class Trainer:
     def __post_init__(self) -> None:
         self.state = TrainState()
         self._tensor_state = ModelOptimizerState(self.parts, self.optimizer.optimizers)
-        self._json_state = {"train": self.state, "data": self.loader, "rng": RNGState(),
-                            "scaler": self.scaler}
+        self._json_state = {"train": self.state, "data": self.loader, "scaler": self.scaler}
+        self._rank_state = {"rng": RNGState()}  # per rank: streams differ between ranks
         self._losses: list[float] = []
 
     @property
@@ -176,7 +176,7 @@ class Trainer:
 
     def save(self):
         return self.checkpointer.save(self.state.step, self._tensor_state, self._json_state,
-                                      config_yaml=self.config_yaml)
+                                      config_yaml=self.config_yaml, rank_state=self._rank_state)
 
     def resume(self, path) -> None:
-        self.checkpointer.load(path, self._tensor_state, self._json_state)
+        self.checkpointer.load(path, self._tensor_state, self._json_state, self._rank_state)

@@ -30,6 +30,8 @@ def test_resume_in_same_layout_is_bit_exact(name, tmp_path, data_overrides):
     run_layout(split, nproc, [*overrides, "trainer.stop_at_step=5"], data_overrides, common)
     assert sorted(losses(split)) == [1, 2, 3, 4, 5]
     assert (split / "checkpoints" / "latest").read_text().strip() == "step_5"
+    ranks = sorted(p.name for p in (split / "checkpoints" / "step_5" / "ranks").iterdir())
+    assert ranks == [f"rank_{r}.json" for r in range(nproc)]  # each rank's RNG streams
     run_layout(split, nproc, overrides, data_overrides, common)  # the same command resumes
     a, b = losses(straight), losses(split)
     assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]

@@ -124,3 +124,18 @@ def test_document_masking_trains(tmp_path, data_overrides):
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss"] < records[0]["loss"]
     assert all(r.get("val_loss") is None or r["val_loss"] > 0 for r in records)
+
+
+def test_incompatible_checkpoint_lists_mismatching_parameters(tmp_path, data_overrides):
+    run(tmp_path, "shape", data_overrides, "trainer.max_steps=2")
+    ckpt = tmp_path / "shape" / "checkpoints" / "step_2"
+    assert (ckpt / "ranks" / "rank_0.json").is_file()  # this rank's RNG streams
+    with pytest.raises(CheckpointError) as err:
+        run(tmp_path, "shape", data_overrides, "trainer.max_steps=4", "model.n_layers=3",
+            "model.n_kv_heads=4")
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {ckpt} does not fit this model: ")
+    assert "layers.0.attention.wk.weight [32, 64] vs model [64, 64]" in message
+    assert "layers.2.attention_norm.weight missing from the checkpoint" in message
+    assert message.endswith(f"resume with the model settings in {ckpt / 'config.yaml'} or use "
+                            "a new run.dir") and "\n" not in message
