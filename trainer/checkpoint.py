@@ -61,6 +61,8 @@ class Checkpointer:
         self.cfg = cfg
         self.log = log
         self.ctx = ctx or ParallelContext.single()
+        self._pending = None  # a background save: (future, tmp, final, step, start time)
+        self._group = None  # the process group of background saves
 
     def should_save(self, step: int) -> bool:
         return self.cfg.every > 0 and step % self.cfg.every == 0
@@ -75,25 +77,74 @@ class Checkpointer:
 
     def save(self, step: int, tensor_state, json_state: dict, *, config_yaml: str,
              rank_state: dict | None = None) -> Path:
-        """Write checkpoint ``step`` with the commit protocol; returns its directory.
-        Every rank calls this."""
+        """Write checkpoint ``step`` with the commit protocol; returns its directory. Every
+        rank calls this. With ``async_save`` it returns once the tensors are copied to host
+        memory; ``poll``/``wait`` commit the checkpoint when every rank's write is done."""
+        self.wait()  # one background save at a time, committed in order
         start = time.perf_counter()
-        final = self.root / f"step_{step}"
-        tmp = self.root / f"step_{step}.tmp"
+        final, tmp = self.root / f"step_{step}", self.root / f"step_{step}.tmp"
         if self.ctx.is_main:
             self._remove_uncommitted()
             tmp.mkdir(parents=True)
         self.ctx.barrier()
+        self._write_json(tmp, json_state, rank_state or {}, config_yaml)
+        if self.cfg.async_save:
+            # DCP copies every tensor to host memory before returning (staging), so the next
+            # optimizer step cannot change what is being written. Its collectives run in the
+            # writer thread, on a group of their own, never interleaved with training's.
+            with _single_process_ok():
+                group = self._async_group()
+                future = dcp.async_save({"app": tensor_state}, checkpoint_id=str(tmp / TENSORS),
+                                        process_group=group, no_dist=group is None)
+            self._pending = (future, tmp, final, step, start)
+            return final
         with _single_process_ok():
             dcp.save({"app": tensor_state}, checkpoint_id=str(tmp / TENSORS))
+        self._commit_when_written(tmp, final, step, start)
+        return final
+
+    def poll(self) -> None:
+        """Commit a background save once every rank has finished writing (checked at step
+        boundaries; ranks agree, since the commit needs all of their files)."""
+        if self._pending is None:
+            return
+        world = self.ctx.dims.world_size
+        waiting = torch.tensor([world if self._pending[0].done() else self.ctx.rank])
+        if world > 1 and dist.is_initialized():
+            waiting = self.ctx.min_over_world(waiting.to(_collective_device()))
+        if int(waiting) >= world:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until a background save is written, then commit it."""
+        if self._pending is None:
+            return
+        future, tmp, final, step, start = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except Exception as exc:
+            raise CheckpointError(f"background save of {final.name} failed: {exc}") from exc
+        self._commit_when_written(tmp, final, step, start)
+
+    def _async_group(self):
+        if not (dist.is_initialized() and self.ctx.dims.world_size > 1):
+            return None
+        if self._group is None:  # created on every rank at the same (first) async save
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def _write_json(self, tmp: Path, json_state: dict, rank_state: dict, config_yaml: str):
         state = {name: obj.state_dict() for name, obj in json_state.items()}
-        own = {name: obj.state_dict() for name, obj in (rank_state or {}).items()}
+        own = {name: obj.state_dict() for name, obj in rank_state.items()}
         if own:  # every rank's own file: RNG streams differ per rank
             (tmp / RANKS).mkdir(exist_ok=True)
             (tmp / RANKS / f"rank_{self.ctx.rank}.json").write_text(json.dumps(own))
         if self.ctx.is_main:
             (tmp / STATE_FILE).write_text(json.dumps(state))
             (tmp / "config.yaml").write_text(config_yaml)
+
+    def _commit_when_written(self, tmp: Path, final: Path, step: int, start: float) -> None:
         # The manifest must cover every rank's shards: no hashing before all have written.
         self.ctx.barrier()
         if self.ctx.is_main:
@@ -104,7 +155,6 @@ class Checkpointer:
                      f"(manifest {summary.files} files, {summary.total_bytes / 1e6:.1f} MB, "
                      f"hashed in {summary.seconds:.1f} s)")
         self.ctx.barrier()
-        return final
 
     def _remove_uncommitted(self) -> None:
         """Delete ``.tmp`` directories of saves that crashed before their commit."""

@@ -79,6 +79,9 @@ class CheckpointConfig:
     keep: int = 3  # newest complete checkpoints kept (0: keep all)
     resume: str = "auto"  # auto | none | path to a step_N directory
     save_at_end: bool = True
+    # Write tensors in a background thread: the step only waits for the copy to host memory,
+    # and the checkpoint is committed (manifest, rename) at a later step boundary.
+    async_save: bool = False
     # A Hugging Face Llama directory (e.g. from triforge-export) to start from instead of the
     # seed's random weights; ignored when a checkpoint is resumed.
     init_from_hf: str = ""

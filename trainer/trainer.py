@@ -94,6 +94,7 @@ class Trainer:
             if self.checkpointer.should_save(step) and step != stop:
                 with self.throughput.paused():
                     self.save()
+            self.checkpointer.poll()
             if self._preempted():
                 self._stop_for_preemption(step)
 
@@ -107,8 +108,10 @@ class Trainer:
         return int(self.ctx.min_over_world(flag)) < world
 
     def _stop_for_preemption(self, step: int) -> None:
+        self.checkpointer.wait()
         if self.checkpointer.complete_steps()[-1:] != [step]:
             self.save()
+            self.checkpointer.wait()
         after = (f"{time.monotonic() - self.watch.at:.1f} s after {self.watch.received}"
                  if self.watch.at is not None else "after a signal to another rank")
         self.message(f"preempted: checkpoint step_{step} committed {after}; exiting for requeue")

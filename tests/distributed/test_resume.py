@@ -10,6 +10,7 @@ from tests.parity.test_parity import COMMON, run_layout
 
 LAYOUTS = {
     "fsdp2": (2, ["parallel.dp_shard=2"]),
+    "fsdp2_async_save": (2, ["parallel.dp_shard=2", "checkpoint.async_save=true"]),
     "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
                     "parallel.pp_virtual_stages=2"]),
 }

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from triforge.errors import CheckpointError
 from triforge.launcher.config import load_config
@@ -139,3 +140,32 @@ def test_incompatible_checkpoint_lists_mismatching_parameters(tmp_path, data_ove
     assert "layers.2.attention_norm.weight missing from the checkpoint" in message
     assert message.endswith(f"resume with the model settings in {ckpt / 'config.yaml'} or use "
                             "a new run.dir") and "\n" not in message
+
+
+def test_async_save_writes_the_same_checkpoints(tmp_path, data_overrides):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    common = ("trainer.max_steps=6", "checkpoint.every=2", "checkpoint.keep=0")
+    run(tmp_path, "sync", data_overrides, *common)
+    trainer, _ = run(tmp_path, "async", data_overrides, *common, "checkpoint.async_save=true")
+    assert trainer.checkpointer._pending is None  # the last background save was committed
+    for name in ("sync", "async"):
+        steps = sorted((tmp_path / name / "checkpoints").glob("step_*"))
+        assert [p.name for p in steps] == ["step_2", "step_4", "step_6"]
+        for p in steps:
+            dcp_to_torch_save(p / "tensors", tmp_path / f"{name}_{p.name}.pt")
+    for step in (2, 4, 6):
+        a, b = (torch.load(tmp_path / f"{n}_step_{step}.pt", weights_only=True)
+                for n in ("sync", "async"))
+        flat_a, flat_b = _flatten(a), _flatten(b)
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:  # written while the next steps ran, yet the state of its own step
+            if torch.is_tensor(flat_a[key]):
+                assert torch.equal(flat_a[key], flat_b[key]), key
+    assert losses(tmp_path / "sync") == losses(tmp_path / "async")
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix: tree}
