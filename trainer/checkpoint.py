@@ -232,6 +232,12 @@ class Checkpointer:
                 )
             return None
         if mode != "auto":
+            if self.complete_steps():
+                # A requeued job repeats its command line: the run's own checkpoints are newer
+                # than the one it started from, which is only the starting point.
+                self.log(f"{self.root} holds checkpoints: resuming from them, not from "
+                         f"checkpoint.resume={mode}")
+                return self._newest_verified()
             path = Path(mode).expanduser()
             if path.name.endswith(".tmp"):
                 raise CheckpointError(f"checkpoint.resume={mode} is a save that never "
@@ -322,10 +328,12 @@ class Checkpointer:
         if not rank_state:
             return
         own = path / RANKS / f"rank_{self.ctx.rank}.json"
-        if not own.is_file():
+        saved_ranks = len(list((path / RANKS).glob("rank_*.json")))
+        if saved_ranks != self.ctx.dims.world_size:
+            # Another layout: a saved stream belonged to a rank with another role.
             if self.ctx.is_main:
-                self.log(f"[warn] {path.name} was saved by fewer ranks: ranks without a saved "
-                         "RNG state keep their seeded streams")
+                self.log(f"[warn] {path.name} was saved by {saved_ranks} ranks, this run has "
+                         f"{self.ctx.dims.world_size}: RNG streams stay as seeded")
             return
         saved = json.loads(own.read_text())
         for name, obj in rank_state.items():

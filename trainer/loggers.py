@@ -58,6 +58,10 @@ class ConsoleSink:
                          ("peak_mem_gib", ".2f")):
             if key in metrics and metrics[key] is not None:
                 parts.append(f"{key} {metrics[key]:{fmt}}")
+        if metrics.get("loss_scale") is not None:
+            parts.append(f"loss_scale {metrics['loss_scale']:g}")
+        if metrics.get("skipped_steps"):
+            parts.append(f"skipped {metrics['skipped_steps']}")
         line = "  ".join(parts)
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=line.split("  ", 1)[-1][:60])

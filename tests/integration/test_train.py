@@ -169,3 +169,13 @@ def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
     return {prefix: tree}
+
+
+def test_resume_path_is_a_starting_point_and_requeues_continue(tmp_path, data_overrides):
+    run(tmp_path, "source", data_overrides, "trainer.max_steps=8", "trainer.stop_at_step=4")
+    start = f"checkpoint.resume={tmp_path / 'source' / 'checkpoints' / 'step_4'}"
+    common = ("trainer.max_steps=8", start, "checkpoint.every=2")
+    run(tmp_path, "branch", data_overrides, *common, "trainer.stop_at_step=6")
+    trainer, _ = run(tmp_path, "branch", data_overrides, *common)  # requeued: same command
+    steps = [json.loads(x)["step"] for x in (tmp_path / "branch" / "metrics.jsonl").open()]
+    assert steps == [5, 6, 7, 8] and trainer.state.step == 8
