@@ -232,13 +232,13 @@ class Checkpointer:
                 )
             return None
         if mode != "auto":
-            if self.complete_steps():
+            path = Path(mode).expanduser()
+            if self.complete_steps() and path.resolve().parent != self.root.resolve():
                 # A requeued job repeats its command line: the run's own checkpoints are newer
-                # than the one it started from, which is only the starting point.
+                # than another run's checkpoint it started from.
                 self.log(f"{self.root} holds checkpoints: resuming from them, not from "
                          f"checkpoint.resume={mode}")
                 return self._newest_verified()
-            path = Path(mode).expanduser()
             if path.name.endswith(".tmp"):
                 raise CheckpointError(f"checkpoint.resume={mode} is a save that never "
                                       "committed (.tmp); pass a step_N directory")
