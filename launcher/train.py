@@ -16,11 +16,13 @@ from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
+from triforge.trainer.trainer import Preempted
 
 from .build import build_trainer, pick_device
 from .config import JobConfig, load_config, to_yaml
 from .dist import init_distributed, shutdown_distributed
 from .env import ProcessEnv, read_env
+from .signals import EXIT_PREEMPTED, SignalWatch
 
 
 def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
@@ -36,9 +38,6 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
                           "output head; set model.tie_embeddings=false")
     if dims.pp > 1:
         check_pipeline(job, dims)
-        if job.data.document_masking:
-            raise ConfigError(f"config: data.document_masking is not supported with "
-                              f"parallel.pp({dims.pp}) > 1 yet; use pp=1")
     return dims
 
 
@@ -56,6 +55,11 @@ def check_pipeline(job: JobConfig, dims: ParallelDims) -> None:
     if job.model.n_layers < stages:
         raise ConfigError(f"config: n_layers({job.model.n_layers}) must be >= pp({dims.pp}) * "
                           f"pp_virtual_stages({p.pp_virtual_stages}) = {stages} stages")
+    micro = p.microbatches or job.trainer.microbatches(dims.dp)
+    if micro < dims.pp:
+        raise ConfigError(f"config: parallel.pp({dims.pp}) needs at least {dims.pp} microbatches "
+                          f"per step, got {micro}; set trainer.micro_batch_size or "
+                          "parallel.microbatches")
 
 
 def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
@@ -71,6 +75,7 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     log = log if ctx.is_main else (lambda *_: None)
     run_dir = Path(job.run.dir)
     trainer, tokenizer = build_trainer(job, env, ctx, device, log=log)
+    trainer.watch = watch = SignalWatch().install()
     resume_from = trainer.checkpointer.find_resume()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,10 +88,13 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
             "or choose a new run.dir to train further")
     try:
         trainer.fit()
+        trainer.checkpointer.wait()
         saved = trainer.checkpointer.complete_steps()
         if job.checkpoint.save_at_end and saved[-1:] != [trainer.state.step]:
             trainer.save()
+            trainer.checkpointer.wait()
     finally:
+        watch.restore()
         for sink in trainer.sinks:
             sink.close()
     if ctx.is_main:
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except TriforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Preempted:
+        return EXIT_PREEMPTED
     finally:
         shutdown_distributed()
     return 0

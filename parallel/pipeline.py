@@ -5,6 +5,21 @@ embedding and the last stage the final norm and head. Each part is a copy of the
 single-device model with the other blocks removed, so parameter names stay those of the
 whole model (``layers.5.attention.wq.weight``). Rank r of the pipeline holds stages
 r, r + pp, r + 2 pp, ... (the loop order interleaved schedules expect).
+
+Every stage needs the batch's attention mask and rotary positions, not only the first: a
+stage that fell back to the model's default causal mask would silently train mlm, span or
+ul2 (and document masking) on the wrong attention pattern. The schedules hand the keyword
+arguments of ``step``/``eval`` to the forward of every stage on the calling rank (only
+activations travel between ranks). They split each tensor in them along dim 0 with the
+same function that splits the inputs and targets, and index the pieces by microbatch
+number, so stage k's forward of microbatch i gets piece i in whatever order the schedule
+runs forwards: GPipe, 1F1B, interleaved 1F1B and zero bubble (several stages per rank)
+alike. Every pipeline rank builds the same batch (it also needs the labels), so each passes
+the same keyword arguments. torch splits tensors but not an ``AttentionMask``, so the runner
+passes the mask as its fields (``mask_kind`` is replicated, ``prefix_len`` and ``doc_ids``
+are split) and a forward pre-hook on each stage module puts the mask back together. The
+stage modules stay plain model copies: FSDP still finds the module it sharded, and
+parameter names do not change.
 """
 
 from __future__ import annotations
@@ -22,6 +37,8 @@ from torch.distributed.pipelining.schedules import (
     ScheduleInterleavedZeroBubble,
 )
 
+from triforge.kernels.attention import AttentionMask
+
 from .context import ParallelContext, to_local_value
 
 SCHEDULES = {
@@ -31,6 +48,7 @@ SCHEDULES = {
     "zero_bubble": ScheduleInterleavedZeroBubble,
 }
 MULTI_STAGE = ("interleaved_1f1b", "zero_bubble")
+MASK_FIELDS = ("mask_kind", "prefix_len", "doc_ids")
 
 
 def stage_layers(n_layers: int, n_stages: int, layers_per_stage: list[int]) -> list[list[int]]:
@@ -60,6 +78,23 @@ def split_model(model: nn.Module, layers: list[int], *, first: bool, last: bool)
     return part
 
 
+def stage_kwargs(batch) -> dict:
+    """The forward keyword arguments of every stage, in a form the schedules split into
+    microbatches: the mask as its fields, and ``positions`` (b, s) or None."""
+    mask = batch.mask
+    return {"mask_kind": mask.kind, "prefix_len": mask.prefix_len, "doc_ids": mask.doc_ids,
+            "positions": batch.positions}
+
+
+def mask_from_fields(module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook of a stage module: one microbatch's mask fields -> ``mask=``."""
+    if "mask_kind" not in kwargs:
+        return None
+    mask = AttentionMask(kwargs["mask_kind"], kwargs["prefix_len"], kwargs["doc_ids"])
+    rest = {k: v for k, v in kwargs.items() if k not in MASK_FIELDS}
+    return args, {**rest, "mask": mask}
+
+
 class PipelineRunner:
     """Runs one step of a pipeline schedule over this rank's stages.
 
@@ -73,6 +108,8 @@ class PipelineRunner:
                  ctx: ParallelContext, device: torch.device, *, schedule: str,
                  microbatches: int):
         group = ctx.mesh["pp"].get_group()
+        for part in parts:
+            part.register_forward_pre_hook(mask_from_fields, with_kwargs=True)
         self.stages = [PipelineStage(part, sid, n_stages, device, group=group)
                        for part, sid in zip(parts, stage_ids, strict=True)]
         self.has_first = 0 in stage_ids
@@ -92,11 +129,12 @@ class PipelineRunner:
         args = (batch.inputs,) if self.has_first else ()
         target = batch.labels if self.has_last else None
         losses = [] if self.has_last else None
+        kwargs = stage_kwargs(batch)  # every rank: each of its stages needs them
         with ctx.loss_context():
             if train:
-                self.schedule.step(*args, target=target, losses=losses)
+                self.schedule.step(*args, target=target, losses=losses, **kwargs)
             else:
-                self.schedule.eval(*args, target=target, losses=losses)
+                self.schedule.eval(*args, target=target, losses=losses, **kwargs)
         if losses:
             total = torch.stack([to_local_value(x.detach()) for x in losses]).sum() / scale
         else:

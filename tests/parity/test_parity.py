@@ -70,6 +70,20 @@ def max_rel_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
 
 
+def assert_same_run(name: str, records: list[dict], reference: list[dict]) -> None:
+    """Per-step loss and gradient norm, and both validation losses, within RTOL."""
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm"):
+        diff = max_rel_diff([r[key] for r in records], [r[key] for r in reference])
+        print(f"{name} {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL, f"{name}: {key} differs by {diff:.2e} (> {RTOL})"
+    val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
+    ref_val = [r["val_loss"] for r in reference if r.get("val_loss") is not None]
+    assert len(val) == 2, f"{name}: expected 2 validation losses, got {val}"
+    diff = max_rel_diff(val, ref_val)
+    assert diff <= RTOL, f"{name}: val_loss differs by {diff:.2e} (> {RTOL})"
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, data_overrides) -> list[dict]:
     return run_layout(tmp_path_factory.mktemp("single"), 1, [], data_overrides)
@@ -82,33 +96,49 @@ def baseline(tmp_path_factory, data_overrides) -> list[dict]:
 def test_layout_matches_single_process(name, baseline, tmp_path, data_overrides):
     nproc, overrides = LAYOUTS[name]
     records = run_layout(tmp_path / name, nproc, overrides, data_overrides)
-    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    for key in ("loss", "grad_norm"):
-        diff = max_rel_diff([r[key] for r in records], [r[key] for r in baseline])
-        print(f"{name} {key} max relative difference {diff:.2e}")
-        assert diff <= RTOL, f"{name}: {key} differs by {diff:.2e} (> {RTOL})"
-    val = [r["val_loss"] for r in records if r.get("val_loss") is not None]
-    base_val = [r["val_loss"] for r in baseline if r.get("val_loss") is not None]
-    assert len(val) == 2 and max_rel_diff(val, base_val) <= RTOL
+    assert_same_run(name, records, baseline)
 
 
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
+MLM_DOCS = ["objective=mlm", *DOCS]
+
+# (layout, objective overrides). Under pipeline parallelism every stage must apply the
+# batch's mask and positions: ul2 (prefix masks) under tp x pp, and mlm (bidirectional)
+# with per-document masks and positions under a one-stage and a two-stages-per-rank schedule.
+MASKED_CASES = {
+    "fsdp2_docs": ("fsdp2", DOCS),
+    "tp2_docs": ("tp2", DOCS),
+    "pp2_1f1b_mlm_docs": ("pp2_1f1b", MLM_DOCS),
+    "pp2_zero_bubble_mlm_docs": ("pp2_zero_bubble", MLM_DOCS),
+    "tp2_pp2_ul2": ("tp2_pp2", ["objective=ul2"]),
+}
 
 
 @pytest.fixture(scope="module")
-def baseline_docs(tmp_path_factory, data_overrides) -> list[dict]:
-    return run_layout(tmp_path_factory.mktemp("single_docs"), 1, DOCS, data_overrides)
+def single_process(tmp_path_factory, data_overrides):
+    """The single-process run of a list of overrides, run once per module and reused."""
+    runs: dict[tuple[str, ...], list[dict]] = {}
+
+    def get(overrides: list[str]) -> list[dict]:
+        if tuple(overrides) not in runs:
+            run_dir = tmp_path_factory.mktemp("single")  # numbered: single0, single1, ...
+            runs[tuple(overrides)] = run_layout(run_dir, 1, overrides, data_overrides)
+        return runs[tuple(overrides)]
+
+    return get
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", ["fsdp2", "tp2"])
-def test_document_masking_matches_single_process(name, baseline_docs, tmp_path,
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if LAYOUTS[MASKED_CASES[n][0]][0] > 2 else n
+    for n in MASKED_CASES
+])
+def test_masked_objective_matches_single_process(name, single_process, tmp_path,
                                                  data_overrides):
-    """Packed windows with per-document attention and positions: the mask spec and the
-    positions travel through sharding (sequence parallelism included) unchanged."""
-    nproc, overrides = LAYOUTS[name]
-    records = run_layout(tmp_path / name, nproc, [*overrides, *DOCS], data_overrides)
-    for key in ("loss", "grad_norm"):
-        diff = max_rel_diff([r[key] for r in records], [r[key] for r in baseline_docs])
-        print(f"{name}+docs {key} max relative difference {diff:.2e}")
-        assert diff <= RTOL
+    """Mask specs (prefix lengths, document ids) and positions travel through sharding,
+    sequence parallelism and every pipeline stage unchanged, in training and evaluation."""
+    layout, objective = MASKED_CASES[name]
+    nproc, overrides = LAYOUTS[layout]
+    reference = single_process(objective)
+    records = run_layout(tmp_path / name, nproc, [*overrides, *objective], data_overrides)
+    assert_same_run(name, records, reference)

@@ -94,6 +94,10 @@ def test_layout_errors_state_the_arithmetic():
         resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2",
                                     "parallel.pp_schedule=interleaved_1f1b",
                                     "parallel.pp_virtual_stages=2"]), ProcessEnv(world_size=2))
+    with pytest.raises(ConfigError, match=r"parallel.pp\(2\) needs at least 2 microbatches "
+                                          r"per step, got 1; set trainer.micro_batch_size"):
+        resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2"]),
+                       ProcessEnv(world_size=2))
     with pytest.raises(ConfigError, match=r"\* tp\(2\) \* pp\(1\) = 8 != WORLD_SIZE\(4\)"):
         resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.tp=2",
                                     "parallel.dp_shard=4"]), ProcessEnv(world_size=4))
