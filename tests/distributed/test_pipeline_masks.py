@@ -8,7 +8,6 @@ the model's default causal mask, or another microbatch's mask, would change all 
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +22,8 @@ from triforge.parallel.context import ParallelContext
 from triforge.parallel.pipeline import MULTI_STAGE, PipelineRunner, split_model, stage_layers
 from triforge.trainer.objectives import IGNORE_INDEX, Batch
 from triforge.trainer.objectives import summed_cross_entropy as loss_sum
+
+from .test_apply import free_port
 
 # init_std 0.2: at the usual 0.02 the logits barely depend on attention, so a wrong mask
 # would change the loss by less than the tolerance would notice
@@ -84,12 +85,6 @@ def check_schedule(rank: int, world: int, port: int, schedule: str) -> None:
                                            msg=lambda m, n=name: f"{schedule} {n}: {m}")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.distributed
