@@ -11,6 +11,7 @@ from tests.parity.test_parity import COMMON, run_layout
 LAYOUTS = {
     "fsdp2": (2, ["parallel.dp_shard=2"]),
     "fsdp2_async_save": (2, ["parallel.dp_shard=2", "checkpoint.async_save=true"]),
+    "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
                     "parallel.pp_virtual_stages=2"]),
 }
