@@ -134,14 +134,15 @@ class Trainer:
         self.injector.gradients(self.parts, step)
         self.scaler.unscale_(self.parts)
         grad_norm = global_grad_norm(self.parts, self.ctx)
-        verdict = self.guard.check(step, local_loss, grad_norm, loss.item())
+        loss = loss.item()  # one host sync per step: the verdict needs it on the host anyway
+        verdict = self.guard.check(step, local_loss, grad_norm, loss)
         self._update(step, verdict, grad_norm)
         tokens = self.cfg.batch_size * self.cfg.seq_len
         self.state.step = step
         self.state.tokens_seen += tokens
         self.throughput.add(tokens)
         if verdict.apply:
-            self._losses.append(loss.item())
+            self._losses.append(loss)
         return {"lr": lr, "grad_norm": grad_norm, **self._precision_metrics()}
 
     def _update(self, step: int, verdict: Verdict, grad_norm: torch.Tensor) -> None:

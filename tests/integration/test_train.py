@@ -145,6 +145,8 @@ def test_incompatible_checkpoint_lists_mismatching_parameters(tmp_path, data_ove
 def test_async_save_writes_the_same_checkpoints(tmp_path, data_overrides):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from tests.distributed.test_numerics import flat
+
     common = ("trainer.max_steps=6", "checkpoint.every=2", "checkpoint.keep=0")
     run(tmp_path, "sync", data_overrides, *common)
     trainer, _ = run(tmp_path, "async", data_overrides, *common, "checkpoint.async_save=true")
@@ -157,25 +159,10 @@ def test_async_save_writes_the_same_checkpoints(tmp_path, data_overrides):
     for step in (2, 4, 6):
         a, b = (torch.load(tmp_path / f"{n}_step_{step}.pt", weights_only=True)
                 for n in ("sync", "async"))
-        flat_a, flat_b = _flatten(a), _flatten(b)
+        flat_a, flat_b = flat(a), flat(b)
         assert flat_a.keys() == flat_b.keys()
         for key in flat_a:  # written while the next steps ran, yet the state of its own step
             if torch.is_tensor(flat_a[key]):
                 assert torch.equal(flat_a[key], flat_b[key]), key
     assert losses(tmp_path / "sync") == losses(tmp_path / "async")
 
-
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix: tree}
-
-
-def test_resume_path_is_a_starting_point_and_requeues_continue(tmp_path, data_overrides):
-    run(tmp_path, "source", data_overrides, "trainer.max_steps=8", "trainer.stop_at_step=4")
-    start = f"checkpoint.resume={tmp_path / 'source' / 'checkpoints' / 'step_4'}"
-    common = ("trainer.max_steps=8", start, "checkpoint.every=2")
-    run(tmp_path, "branch", data_overrides, *common, "trainer.stop_at_step=6")
-    trainer, _ = run(tmp_path, "branch", data_overrides, *common)  # requeued: same command
-    steps = [json.loads(x)["step"] for x in (tmp_path / "branch" / "metrics.jsonl").open()]
-    assert steps == [5, 6, 7, 8] and trainer.state.step == 8
