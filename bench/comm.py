@@ -92,7 +92,7 @@ def analytic(mode: str, params: int, bsh: int, layers: int, micro: int,
 def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> None:
     from triforge.launcher.build import build_trainer, pick_device
     from triforge.launcher.config import load_config
-    from triforge.launcher.dist import init_distributed, shutdown_distributed
+    from triforge.launcher.dist import init_distributed, leave_distributed
     from triforge.launcher.env import ProcessEnv
     from triforge.launcher.train import resolve_layout
     from triforge.parallel.context import ParallelContext
@@ -114,7 +114,7 @@ def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> N
     if rank == 0:
         events = json.loads(Path(trace).read_text())["traceEvents"]
         Path(out).write_text(json.dumps(collective_bytes(events, world=2)))
-    shutdown_distributed()
+    leave_distributed(0, all_ranks_done=True)
 
 
 def free_port() -> int:

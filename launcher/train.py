@@ -7,9 +7,11 @@ environment once and hands every component its own config slice.
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
@@ -20,7 +22,7 @@ from triforge.trainer.trainer import Preempted
 
 from .build import build_trainer, pick_device
 from .config import JobConfig, load_config, to_yaml
-from .dist import init_distributed, shutdown_distributed
+from .dist import init_distributed, leave_distributed
 from .env import ProcessEnv, read_env
 from .signals import EXIT_PREEMPTED, SignalWatch
 
@@ -116,18 +118,25 @@ def finish(job: JobConfig, trainer, tokenizer, *, log, sample: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The exit status: 0 done, 2 bad input (one line on stderr), 75 preempted (requeue).
+    A process that joined a process group does not return: see ``leave_distributed``."""
     args = sys.argv[1:] if argv is None else argv
+    code = 1
     try:
         job = load_config(args)
         train(job)
+        code = 0
     except TriforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except Preempted:
-        return EXIT_PREEMPTED
-    finally:
-        shutdown_distributed()
-    return 0
+        code = EXIT_PREEMPTED
+    except Exception:
+        if not dist.is_initialized():
+            raise
+        traceback.print_exc()  # a bug: report it before the process ends below
+    # 0 and 75 are decisions every rank took together; 2 and 1 may be one rank's alone.
+    return leave_distributed(code, all_ranks_done=code in (0, EXIT_PREEMPTED))
 
 
 if __name__ == "__main__":

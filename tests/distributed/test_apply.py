@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.helpers.spawn import spawn_ranks
 from triforge.models import ModelConfig, build_model, materialize
 from triforge.parallel.data_parallel import apply_fsdp
 from triforge.parallel.materialize import materialize_sharded
@@ -28,47 +25,36 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def check_sharded(rank: int, world: int, port: int, mode: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor.parallel import loss_parallel
+def check_sharded(rank: int, world: int, mode: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import loss_parallel
 
-        mesh = init_device_mesh("cpu", (world,))
-        ref, model = reference_model(), build_model(CFG, vocab_size=VOCAB,
-                                                    attention_backend="sdpa")
-        if mode.startswith("tp"):
-            apply_tp(model, mesh, sequence_parallel=mode == "tp_sp")
-        else:
-            apply_fsdp(model, mesh, reshard_after_forward=True)
-        materialize_sharded(model, torch.device("cpu"), is_main=rank == 0,
-                            full_init=reference_model)
-        tokens = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
-        ref_logits = ref(tokens)
-        ref_logits.float().logsumexp(-1).sum().backward()
-        with loss_parallel() if mode.startswith("tp") else torch.enable_grad():
-            logits = model(tokens)
-            logits.float().logsumexp(-1).sum().backward()
-        torch.testing.assert_close(full(logits), ref_logits, rtol=1e-5, atol=1e-5)
-        grads = dict(ref.named_parameters())
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(full(p.grad), grads[name].grad, rtol=1e-5, atol=1e-6,
-                                       msg=lambda m, n=name: f"{mode} {n}: {m}")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    mesh = init_device_mesh("cpu", (world,))
+    ref, model = reference_model(), build_model(CFG, vocab_size=VOCAB,
+                                                attention_backend="sdpa")
+    if mode.startswith("tp"):
+        apply_tp(model, mesh, sequence_parallel=mode == "tp_sp")
+    else:
+        apply_fsdp(model, mesh, reshard_after_forward=True)
+    materialize_sharded(model, torch.device("cpu"), is_main=rank == 0,
+                        full_init=reference_model)
+    tokens = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
+    ref_logits = ref(tokens)
+    ref_logits.float().logsumexp(-1).sum().backward()
+    with loss_parallel() if mode.startswith("tp") else torch.enable_grad():
+        logits = model(tokens)
+        logits.float().logsumexp(-1).sum().backward()
+    torch.testing.assert_close(full(logits), ref_logits, rtol=1e-5, atol=1e-5)
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(full(p.grad), grads[name].grad, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, n=name: f"{mode} {n}: {m}")
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("mode", ["tp_sp", "tp", "fsdp"])
 def test_apply_matches_unsharded_forward_and_gradients(mode):
-    mp.spawn(check_sharded, args=(2, free_port(), mode), nprocs=2, join=True)
+    spawn_ranks(check_sharded, 2, mode)
 
 
 def test_pipeline_stages_chained_equal_the_model():

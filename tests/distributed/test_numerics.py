@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from tests.integration.test_precision import UNIT_ROUNDOFF
-from tests.parity.test_parity import COMMON, run_layout
+from tests.helpers.runs import COMMON, run_layout
+from tests.helpers.state import UNIT_ROUNDOFF, flat
 
 FSDP2 = ["parallel.dp_shard=2"]
 EVERY_STEP = ["checkpoint.every=1", "checkpoint.keep=0"]
@@ -33,12 +33,6 @@ def tensors(run_dir: Path, step: int) -> dict:
     out = run_dir / f"step_{step}.pt"
     dcp_to_torch_save(run_dir / "checkpoints" / f"step_{step}" / "tensors", out)
     return torch.load(out, weights_only=True)
-
-
-def flat(tree, prefix="") -> dict:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    return {prefix: tree}
 
 
 @pytest.mark.distributed

@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.helpers.spawn import spawn_ranks
 from triforge.kernels.attention import AttentionMask
 from triforge.models import ModelConfig, build_model, materialize
 from triforge.parallel import ParallelConfig, ParallelDims
@@ -22,8 +21,6 @@ from triforge.parallel.context import ParallelContext
 from triforge.parallel.pipeline import MULTI_STAGE, PipelineRunner, split_model, stage_layers
 from triforge.trainer.objectives import IGNORE_INDEX, Batch
 from triforge.trainer.objectives import summed_cross_entropy as loss_sum
-
-from .test_apply import free_port
 
 # init_std 0.2: at the usual 0.02 the logits barely depend on attention, so a wrong mask
 # would change the loss by less than the tolerance would notice
@@ -52,45 +49,40 @@ def reference_model():
                        seed=0)
 
 
-def check_schedule(rank: int, world: int, port: int, schedule: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    try:
-        dims = ParallelDims.from_config(ParallelConfig(pp=world), world)
-        ctx = ParallelContext(dims, *dims.build_mesh("cpu"), rank)
-        ref, batch = reference_model(), masked_batch()
-        virtual = 2 if schedule in MULTI_STAGE else 1
-        n_stages = world * virtual
-        layers = stage_layers(CFG.n_layers, n_stages, [])
-        stage_ids = [rank + k * world for k in range(virtual)]
-        parts = [split_model(ref, layers[s], first=s == 0, last=s == n_stages - 1)
-                 for s in stage_ids]  # copies of the reference weights
-        runner = PipelineRunner(parts, stage_ids, n_stages, ctx, torch.device("cpu"),
-                                schedule=schedule, microbatches=MICROBATCHES)
-        objective = SimpleNamespace(loss=loss_sum)
-        loss, _ = runner.forward_backward(objective, batch, microbatches=MICROBATCHES,
-                                          device=torch.device("cpu"), ctx=ctx)
-        eval_sum = runner.loss_sum(objective, batch, ctx)
+def check_schedule(rank: int, world: int, schedule: str) -> None:
+    dims = ParallelDims.from_config(ParallelConfig(pp=world), world)
+    ctx = ParallelContext(dims, *dims.build_mesh("cpu"), rank)
+    ref, batch = reference_model(), masked_batch()
+    virtual = 2 if schedule in MULTI_STAGE else 1
+    n_stages = world * virtual
+    layers = stage_layers(CFG.n_layers, n_stages, [])
+    stage_ids = [rank + k * world for k in range(virtual)]
+    parts = [split_model(ref, layers[s], first=s == 0, last=s == n_stages - 1)
+             for s in stage_ids]  # copies of the reference weights
+    runner = PipelineRunner(parts, stage_ids, n_stages, ctx, torch.device("cpu"),
+                            schedule=schedule, microbatches=MICROBATCHES)
+    objective = SimpleNamespace(loss=loss_sum)
+    loss, _ = runner.forward_backward(objective, batch, microbatches=MICROBATCHES,
+                                      device=torch.device("cpu"), ctx=ctx)
+    eval_sum = runner.loss_sum(objective, batch, ctx)
 
-        ref_sum = loss_sum(ref(batch.inputs, mask=batch.mask, positions=batch.positions),
-                           batch.labels)
-        (ref_sum / batch.num_targets).backward()
-        torch.testing.assert_close(loss, ref_sum.detach() / batch.num_targets, rtol=1e-5,
-                                   atol=0)
-        torch.testing.assert_close(eval_sum, ref_sum.detach(), rtol=1e-5, atol=0)
-        grads = dict(ref.named_parameters())
-        for part in parts:
-            for name, p in part.named_parameters():
-                torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-7,
-                                           msg=lambda m, n=name: f"{schedule} {n}: {m}")
-    finally:
-        dist.destroy_process_group()
+    ref_sum = loss_sum(ref(batch.inputs, mask=batch.mask, positions=batch.positions),
+                       batch.labels)
+    (ref_sum / batch.num_targets).backward()
+    torch.testing.assert_close(loss, ref_sum.detach() / batch.num_targets, rtol=1e-5,
+                               atol=0)
+    torch.testing.assert_close(eval_sum, ref_sum.detach(), rtol=1e-5, atol=0)
+    grads = dict(ref.named_parameters())
+    for part in parts:
+        for name, p in part.named_parameters():
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-7,
+                                       msg=lambda m, n=name: f"{schedule} {n}: {m}")
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "interleaved_1f1b", "zero_bubble"])
 def test_every_stage_gets_its_microbatch_mask(schedule):
-    mp.spawn(check_schedule, args=(2, free_port(), schedule), nprocs=2, join=True)
+    spawn_ranks(check_schedule, 2, schedule)
 
 
 def test_the_batch_needs_its_mask_and_positions():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parity.test_parity import COMMON, run_layout
+from tests.helpers.runs import COMMON, run_layout
 
 EXIT_PREEMPTED = 75
 STEPS = 60

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.parity.test_parity import COMMON, RTOL, STEPS, max_rel_diff, run_layout
-from tests.parity.test_parity import LAYOUTS as PARITY
+from tests.helpers.runs import COMMON, RTOL, STEPS, max_rel_diff, run_layout
+from tests.helpers.runs import LAYOUTS as PARITY
 
 SAVED_AT = 5
 LAYOUTS = {

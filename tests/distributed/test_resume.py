@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.parity.test_parity import COMMON, run_layout
+from tests.helpers.runs import COMMON, run_layout
 
 LAYOUTS = {
     "fsdp2": (2, ["parallel.dp_shard=2"]),

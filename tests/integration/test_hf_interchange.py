@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.parity.test_parity import run_layout
+from tests.helpers.runs import run_layout
 from triforge.__main__ import main as triforge_main
 from triforge.launcher import train as train_cli
 from triforge.launcher.build import build_trainer

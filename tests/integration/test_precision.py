@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.state import UNIT_ROUNDOFF
 from triforge.launcher.build import build_trainer
 from triforge.launcher.config import load_config
 from triforge.launcher.env import ProcessEnv
@@ -27,7 +28,6 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
         "trainer.batch_size=4", "trainer.seq_len=64", "trainer.eval_every=0",
         "trainer.sample_at_end=false", "optim.warmup_steps=2", "trainer.log_every=1",
         "checkpoint.every=0", "checkpoint.save_at_end=false"]
-UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11}
 
 
 def build(tmp_path: Path, data_overrides, *extra: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.state import flat
 from triforge.errors import CheckpointError
 from triforge.launcher.config import load_config
 from triforge.launcher.generate import generate
@@ -145,7 +146,6 @@ def test_incompatible_checkpoint_lists_mismatching_parameters(tmp_path, data_ove
 def test_async_save_writes_the_same_checkpoints(tmp_path, data_overrides):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from tests.distributed.test_numerics import flat
 
     common = ("trainer.max_steps=6", "checkpoint.every=2", "checkpoint.keep=0")
     run(tmp_path, "sync", data_overrides, *common)
