@@ -17,16 +17,17 @@ from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
 from triforge.parallel.materialize import materialize_sharded
 from triforge.parallel.parallelize import ParallelOptions, parallelize
-from triforge.parallel.pipeline import PipelineRunner, split_model, stage_layers
+from triforge.parallel.pipeline import split_model, stage_layers
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
-from triforge.trainer.loggers import ConsoleSink, JsonlSink, WandbSink
+from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
 from triforge.trainer.loss_scale import LossScaler
 from triforge.trainer.numerics import NonfiniteInjector, StepGuard
 from triforge.trainer.objectives import build_objective
 from triforge.trainer.optim import Optimizers
+from triforge.trainer.pipeline_runner import PipelineRunner
 from triforge.trainer.precision import PrecisionPolicy
 from triforge.trainer.step import DirectRunner
 from triforge.trainer.throughput import Throughput
@@ -89,11 +90,11 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     return dataset, loader, val_loader
 
 
-def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list:
+def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list[MetricsSink]:
     """Metrics are identical on every rank after the reductions: rank 0 writes them."""
     if env.rank != 0:
         return []
-    sinks: list = [JsonlSink(run_dir / "metrics.jsonl")]
+    sinks: list[MetricsSink] = [JsonlSink(run_dir / "metrics.jsonl")]
     sinks.append(ConsoleSink(job.trainer.max_steps, 0, progress_bar=job.logging.progress_bar))
     wb = job.logging.wandb
     if wb.enabled:
@@ -119,7 +120,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
         model = new_model()
         parallelize(model, ctx.dims, None, opts)
         model = materialize(model, device, seed=job.seed)
-        return [model], DirectRunner(model)
+        return [model], DirectRunner(model, microbatches=microbatches)
     parts, stage_ids, n_stages = [new_model()], [0], 1
     if ctx.dims.pp > 1:
         parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)
@@ -128,7 +129,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
         materialize_sharded(part, device, is_main=ctx.is_main,
                             full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
     if ctx.dims.pp == 1:
-        return parts, DirectRunner(parts[0])
+        return parts, DirectRunner(parts[0], microbatches=microbatches)
     runner = PipelineRunner(parts, stage_ids, n_stages, ctx, device,
                             schedule=job.parallel.pp_schedule,
                             microbatches=job.parallel.microbatches or microbatches)

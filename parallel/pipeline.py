@@ -25,6 +25,7 @@ parameter names do not change.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,8 +39,6 @@ from torch.distributed.pipelining.schedules import (
 )
 
 from triforge.kernels.attention import AttentionMask
-
-from .context import ParallelContext, to_local_value
 
 SCHEDULES = {
     "gpipe": ScheduleGPipe,
@@ -95,62 +94,19 @@ def mask_from_fields(module: nn.Module, args: tuple, kwargs: dict):
     return args, {**rest, "mask": mask}
 
 
-class PipelineRunner:
-    """Runs one step of a pipeline schedule over this rank's stages.
+def build_schedule(parts: list[nn.Module], stage_ids: list[int], n_stages: int,
+                   pp_group, device: torch.device, *, schedule: str, microbatches: int,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """The ``schedule`` over this rank's stage modules ``parts`` (stage ids ``stage_ids`` of
+    ``n_stages``), communicating over ``pp_group``, with ``microbatches`` per step.
 
-    The loss function sees the last stage's output per microbatch; it returns the summed
-    loss scaled by the global normalizer (so gradients need no rescaling: scale_grads off).
-    The schedule reports those values per microbatch; they are unscaled for reporting and
-    added up over stages and data ranks.
+    ``loss_fn(output, labels)`` runs on the last stage per microbatch; its result is
+    backpropagated as is (``scale_grads=False``): the caller normalizes the loss.
     """
-
-    def __init__(self, parts: list[nn.Module], stage_ids: list[int], n_stages: int,
-                 ctx: ParallelContext, device: torch.device, *, schedule: str,
-                 microbatches: int):
-        group = ctx.mesh["pp"].get_group()
-        for part in parts:
-            part.register_forward_pre_hook(mask_from_fields, with_kwargs=True)
-        self.stages = [PipelineStage(part, sid, n_stages, device, group=group)
-                       for part, sid in zip(parts, stage_ids, strict=True)]
-        self.has_first = 0 in stage_ids
-        self.has_last = n_stages - 1 in stage_ids
-        cls = SCHEDULES[schedule]
-        stages = self.stages if schedule in MULTI_STAGE else self.stages[0]
-        self.schedule = cls(stages, n_microbatches=microbatches, loss_fn=self._loss,
-                            scale_grads=False)
-        self._objective = None
-        self._scale = torch.ones((), device=device)
-
-    def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self._objective.loss(output, labels) * self._scale
-
-    def _run(self, objective, batch, ctx: ParallelContext, scale, *, train: bool):
-        self._objective, self._scale = objective, scale
-        args = (batch.inputs,) if self.has_first else ()
-        target = batch.labels if self.has_last else None
-        losses = [] if self.has_last else None
-        kwargs = stage_kwargs(batch)  # every rank: each of its stages needs them
-        with ctx.loss_context():
-            if train:
-                self.schedule.step(*args, target=target, losses=losses, **kwargs)
-            else:
-                self.schedule.eval(*args, target=target, losses=losses, **kwargs)
-        if losses:
-            total = torch.stack([to_local_value(x.detach()) for x in losses]).sum() / scale
-        else:
-            total = torch.zeros_like(scale)
-        return ctx.all_reduce_pp(total)
-
-    def forward_backward(self, objective, batch, *, microbatches: int, device,
-                         ctx: ParallelContext, loss_scale: float = 1.0):
-        """(global mean loss, this rank's loss sum), as ``trainer.step.forward_backward``."""
-        from triforge.trainer.step import global_loss_scale
-
-        n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
-        total = self._run(objective, batch.to(device), ctx, scale, train=True)
-        return ctx.all_reduce_dp(total.clone()) / n_targets, total
-
-    def loss_sum(self, objective, batch, ctx: ParallelContext) -> torch.Tensor:
-        with torch.no_grad():
-            return self._run(objective, batch, ctx, torch.ones((), device=batch.inputs.device),
-                             train=False)
+    for part in parts:
+        part.register_forward_pre_hook(mask_from_fields, with_kwargs=True)
+    stages = [PipelineStage(part, sid, n_stages, device, group=pp_group)
+              for part, sid in zip(parts, stage_ids, strict=True)]
+    cls = SCHEDULES[schedule]
+    return cls(stages if schedule in MULTI_STAGE else stages[0], n_microbatches=microbatches,
+               loss_fn=loss_fn, scale_grads=False)

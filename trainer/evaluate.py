@@ -11,13 +11,15 @@ from torch import nn
 from triforge.parallel.context import ParallelContext
 
 from .data.loader import WindowLoader
+from .objectives import Objective
+from .runner import StepRunner
 
 
 class Evaluator:
     """Scores the same ``num_batches`` x ``batch_size`` validation windows every time, so
     successive evaluations (and runs) are directly comparable."""
 
-    def __init__(self, loader: WindowLoader, objective, *, batch_size: int, num_batches: int,
+    def __init__(self, loader: WindowLoader, objective: Objective, *, batch_size: int, num_batches: int,
                  every: int, dp_rank: int = 0, dp_size: int = 1):
         n = loader.sampler.num_samples
         # Each data-parallel rank scores its share; sums are added up over ranks.
@@ -32,7 +34,7 @@ class Evaluator:
         return self.every > 0 and step % self.every == 0
 
     @torch.no_grad()
-    def run(self, runner, parts: list[nn.Module], device: torch.device,
+    def run(self, runner: StepRunner, parts: list[nn.Module], device: torch.device,
             ctx: ParallelContext) -> dict:
         for part in parts:
             part.eval()

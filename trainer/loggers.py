@@ -1,7 +1,6 @@
 """Metric sinks: console progress bar, metrics.jsonl (always), Weights & Biases.
 
-Each sink has ``log(step, metrics)`` and ``close()``; only rank 0 builds sinks other than
-the JSONL file, so logs are written once.
+Each sink is a ``MetricsSink``; rank 0 alone builds sinks, so logs are written once.
 """
 
 from __future__ import annotations
@@ -9,11 +8,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .config import WandbConfig
+
+
+class MetricsSink(Protocol):
+    """Where logged steps go. ``log`` receives every logged step's metrics; ``advance`` is
+    called at the other steps (a progress bar moves on); ``close`` at the end of the run."""
+
+    def log(self, step: int, metrics: dict) -> None: ...
+
+    def advance(self, step: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class JsonlSink:
@@ -28,6 +39,9 @@ class JsonlSink:
                  for k, v in metrics.items()}
         self._f.write(json.dumps({"step": step, **clean}) + "\n")
         self._f.flush()
+
+    def advance(self, step: int) -> None:
+        pass  # one line per logged step only
 
     def close(self) -> None:
         self._f.close()
@@ -90,6 +104,9 @@ class WandbSink:
 
     def log(self, step: int, metrics: dict) -> None:
         self._run.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+    def advance(self, step: int) -> None:
+        pass  # W&B sees logged steps only
 
     def close(self) -> None:
         self._run.finish()

@@ -1,4 +1,5 @@
-"""One optimizer step's forward and backward passes, with gradient accumulation."""
+"""One optimizer step on a whole model (no pipeline), with gradient accumulation, and the
+gradient norm and clipping over every shard and pipeline stage."""
 
 from __future__ import annotations
 
@@ -9,62 +10,40 @@ from triforge.parallel.context import ParallelContext, to_local_value
 from triforge.parallel.data_parallel import set_gradient_sync
 
 from .objectives import Batch
-
-
-def global_loss_scale(batch: Batch, ctx: ParallelContext, device, *,
-                      loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target count of the global batch, factor for a rank's summed loss).
-
-    Data-parallel gradient reduction averages over ranks, hence the factor dp; fp16's loss
-    scale multiplies in too (the step divides gradients by it again)."""
-    n_targets = ctx.all_reduce_dp(torch.tensor(float(batch.num_targets), device=device))
-    n_targets = n_targets.clamp(min=1.0)
-    return n_targets, (ctx.dims.dp * loss_scale) / n_targets
+from .runner import LossFunction, StepLoss, global_loss_scale, step_loss
 
 
 class DirectRunner:
-    """Forward and backward of a whole model on this rank (no pipeline)."""
+    """A ``StepRunner`` for the whole model on this rank: ``microbatches`` accumulation
+    passes, gradients reduced over data-parallel ranks in the last one only."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, microbatches: int = 1):
         self.model = model
+        self.microbatches = microbatches
 
-    def forward_backward(self, objective, batch: Batch, *, microbatches: int, device,
-                         ctx: ParallelContext, loss_scale: float = 1.0):
-        return forward_backward(self.model, objective, batch, microbatches=microbatches,
-                                device=device, ctx=ctx, loss_scale=loss_scale)
+    def forward_backward(self, objective: LossFunction, batch: Batch, *, ctx: ParallelContext,
+                         device: torch.device, loss_scale: float = 1.0) -> StepLoss:
+        """Each microbatch's summed loss is divided by the target count of the whole global
+        batch (``global_loss_scale``), so the gradient is that of the global mean however
+        targets fall into ranks and microbatches."""
+        n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
+        total = torch.zeros((), device=device)
+        micros = batch.split(self.microbatches)
+        with ctx.loss_context():
+            for i, micro in enumerate(micros):
+                set_gradient_sync(self.model, i == len(micros) - 1)
+                micro = micro.to(device)
+                logits = self.model(micro.inputs, mask=micro.mask, positions=micro.positions)
+                loss_sum = objective.loss(logits, micro.labels)
+                (loss_sum * scale).backward()
+                total += to_local_value(loss_sum.detach())
+        return step_loss(total, n_targets, ctx)
 
-    def loss_sum(self, objective, batch: Batch, ctx: ParallelContext) -> torch.Tensor:
-        """Summed loss of ``batch`` without gradients (evaluation)."""
+    def loss_sum(self, objective: LossFunction, batch: Batch,
+                 ctx: ParallelContext) -> torch.Tensor:
         with ctx.loss_context():
             logits = self.model(batch.inputs, mask=batch.mask, positions=batch.positions)
             return to_local_value(objective.loss(logits, batch.labels))
-
-
-def forward_backward(
-    model: nn.Module, objective, batch: Batch, *, microbatches: int, device: torch.device,
-    ctx: ParallelContext, loss_scale: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate gradients of the mean target loss of the global batch (times
-    ``loss_scale``).
-
-    ``batch`` is this rank's slice. Each microbatch's summed loss is divided by the target
-    count of the whole global batch (summed over data-parallel ranks), so the gradient is
-    that of the global mean however targets fall into ranks and microbatches. Returns the
-    global mean loss (detached, on ``device``, the same on every rank) and this rank's own
-    loss sum (to tell which rank produced a non-finite value).
-    """
-    n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
-    total = torch.zeros((), device=device)
-    micros = batch.split(microbatches)
-    with ctx.loss_context():
-        for i, micro in enumerate(micros):
-            set_gradient_sync(model, i == len(micros) - 1)
-            micro = micro.to(device)
-            logits = model(micro.inputs, mask=micro.mask, positions=micro.positions)
-            loss_sum = objective.loss(logits, micro.labels)
-            (loss_sum * scale).backward()
-            total += to_local_value(loss_sum.detach())
-    return ctx.all_reduce_dp(total.clone()) / n_targets, total
 
 
 def global_grad_norm(parts: list[nn.Module], ctx: ParallelContext) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -16,13 +17,24 @@ from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
 from .data.loader import WindowLoader
 from .evaluate import Evaluator
+from .loggers import MetricsSink
 from .loss_scale import LossScaler
 from .numerics import NonfiniteInjector, StepGuard, Verdict
+from .objectives import Objective
 from .optim import Optimizers, lr_at, set_lr
 from .precision import PrecisionPolicy
+from .runner import StepRunner
 from .state import ModelOptimizerState, RNGState, TrainState
 from .step import clip_gradients, global_grad_norm
 from .throughput import Throughput
+
+
+class PreemptionWatch(Protocol):
+    """Where preemption signals are recorded (launcher/signals.py): the first signal's name
+    (or None) and its monotonic time, read by the trainer at step boundaries."""
+
+    received: str | None
+    at: float | None
 
 
 class Preempted(Exception):
@@ -39,13 +51,13 @@ class Trainer:
     optim_cfg: OptimConfig
     parts: list[nn.Module]  # the model, or this rank's pipeline stages of it
     optimizer: Optimizers
-    runner: object  # DirectRunner or PipelineRunner: forward_backward(...), loss_sum(...)
-    objective: object
+    runner: StepRunner
+    objective: Objective
     loader: WindowLoader
     evaluator: Evaluator | None
     checkpointer: Checkpointer
     throughput: Throughput
-    sinks: list
+    sinks: list[MetricsSink]
     device: torch.device
     config_yaml: str
     precision: PrecisionPolicy
@@ -54,7 +66,7 @@ class Trainer:
     injector: NonfiniteInjector
     ctx: ParallelContext = field(default_factory=ParallelContext.single)
     message: Callable[[str], None] = print  # one-off notices (the main rank's log)
-    watch: object | None = None  # preemption signals: ``received`` (name or None) and ``at``
+    watch: PreemptionWatch | None = None
 
     def __post_init__(self) -> None:
         self.state = TrainState()
@@ -69,10 +81,6 @@ class Trainer:
         if len(self.parts) != 1:
             raise RuntimeError("the model is split into pipeline stages on this rank")
         return self.parts[0]
-
-    @property
-    def microbatches(self) -> int:
-        return self.cfg.microbatches(self.ctx.dims.dp)
 
     def fit(self) -> None:
         """Train until ``stop_at_step`` (or ``max_steps``), logging, evaluating and saving."""
@@ -130,7 +138,7 @@ class Trainer:
         with self.precision.autocast(self.device):
             loss, local_loss = self.runner.forward_backward(
                 self.injector.objective(self.objective, step), batch, ctx=self.ctx,
-                microbatches=self.microbatches, device=self.device, loss_scale=self.scaler.scale)
+                device=self.device, loss_scale=self.scaler.scale)
         self.injector.gradients(self.parts, step)
         self.scaler.unscale_(self.parts)
         grad_norm = global_grad_norm(self.parts, self.ctx)
@@ -175,8 +183,7 @@ class Trainer:
 
     def _advance_sinks(self, step: int) -> None:
         for sink in self.sinks:
-            if hasattr(sink, "advance"):
-                sink.advance(step)
+            sink.advance(step)
 
     def save(self):
         return self.checkpointer.save(self.state.step, self._tensor_state, self._json_state,

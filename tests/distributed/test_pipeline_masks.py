@@ -18,9 +18,10 @@ from triforge.kernels.attention import AttentionMask
 from triforge.models import ModelConfig, build_model, materialize
 from triforge.parallel import ParallelConfig, ParallelDims
 from triforge.parallel.context import ParallelContext
-from triforge.parallel.pipeline import MULTI_STAGE, PipelineRunner, split_model, stage_layers
+from triforge.parallel.pipeline import MULTI_STAGE, split_model, stage_layers
 from triforge.trainer.objectives import IGNORE_INDEX, Batch
 from triforge.trainer.objectives import summed_cross_entropy as loss_sum
+from triforge.trainer.pipeline_runner import PipelineRunner
 
 # init_std 0.2: at the usual 0.02 the logits barely depend on attention, so a wrong mask
 # would change the loss by less than the tolerance would notice
@@ -62,8 +63,7 @@ def check_schedule(rank: int, world: int, schedule: str) -> None:
     runner = PipelineRunner(parts, stage_ids, n_stages, ctx, torch.device("cpu"),
                             schedule=schedule, microbatches=MICROBATCHES)
     objective = SimpleNamespace(loss=loss_sum)
-    loss, _ = runner.forward_backward(objective, batch, microbatches=MICROBATCHES,
-                                      device=torch.device("cpu"), ctx=ctx)
+    loss, _ = runner.forward_backward(objective, batch, device=torch.device("cpu"), ctx=ctx)
     eval_sum = runner.loss_sum(objective, batch, ctx)
 
     ref_sum = loss_sum(ref(batch.inputs, mask=batch.mask, positions=batch.positions),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,6 +54,25 @@ class Batch:
     @property
     def num_targets(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+
+class Objective(Protocol):
+    """A training objective (one file per objective in this folder): how token windows
+    become a ``Batch`` and what the loss counts.
+
+    ``vocab_size`` is the tokenizer's vocabulary plus the objective's special tokens (the
+    model's embedding is sized from it); ``loss`` returns the sum over target tokens, which
+    the step runner normalizes by the global batch's target count.
+    """
+
+    name: str
+    special_tokens: tuple[str, ...]
+    token_ids: dict[str, int]
+    vocab_size: int
+
+    def make_batch(self, windows) -> Batch: ...
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
 
 def positions_in_documents(doc_ids: torch.Tensor) -> torch.Tensor:
