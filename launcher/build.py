@@ -24,7 +24,7 @@ from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
 from triforge.trainer.loss_scale import LossScaler
-from triforge.trainer.numerics import NonfiniteInjector, StepGuard
+from triforge.trainer.numerics import NonfiniteInjector, StepGuard, attach_debug_aux_loss
 from triforge.trainer.objectives import build_objective
 from triforge.trainer.optim import Optimizers
 from triforge.trainer.pipeline_runner import PipelineRunner
@@ -53,6 +53,9 @@ def seed_everything(seed: int) -> None:
 
 def check_batch(job: JobConfig, dims: ParallelDims) -> None:
     t = job.trainer
+    if job.debug.aux_l2_layer >= job.model.n_layers:
+        raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
+                          f"model.n_layers({job.model.n_layers}), or -1 for off")
     if t.batch_size % dims.dp:
         raise ConfigError(f"config: trainer.batch_size({t.batch_size}) must be divisible by dp({dims.dp})")
     per_rank = t.batch_size // dims.dp
@@ -188,6 +191,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     parts, runner = build_parallel_model(job, vocab, ctx, device,
                                          job.trainer.microbatches(dims.dp), precision)
     apply_init_from_hf(job, parts, vocab, ctx, log=log)
+    attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
     non_emb = job.model.num_params(vocab, embedding=False)
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "

@@ -7,25 +7,36 @@ from torch import nn
 
 from triforge.kernels.attention import AttentionMask
 
-from .attention import Attention, FeedForward, scaled_out_std
+from .attention import Attention, scaled_out_std
 from .config import ModelConfig
+from .feed_forward import build_feed_forward
 from .norms import RMSNorm
 from .rope import rope_cos_sin
+from .side_outputs import BlockControls
 
 CAUSAL = AttentionMask("causal")
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, attention_backend: str):
+    """Pre-norm block ``layer_id``: h = x + s * Attn(norm(x)); out = h + s * FFN(norm(h)),
+    with s = ``controls.residual_scale`` (1 unless the trainer says otherwise)."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, *, attention_backend: str):
         super().__init__()
+        self.layer_id = layer_id
+        self.controls = BlockControls()  # plain attributes: not state, not in checkpoints
         self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attention = Attention(cfg, backend=attention_backend)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = build_feed_forward(cfg, layer_id)
 
     def forward(self, x, rope_cos, rope_sin, mask: AttentionMask, positions) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope_cos, rope_sin, mask, positions)
-        return x + self.feed_forward(self.ffn_norm(x))
+        attn = self.attention(self.attention_norm(x), rope_cos=rope_cos, rope_sin=rope_sin,
+                              mask=mask, positions=positions)
+        scale = self.controls.residual_scale
+        x = x + (attn if scale == 1.0 else attn * scale)
+        ffn = self.feed_forward(self.ffn_norm(x))
+        return x + (ffn if scale == 1.0 else ffn * scale)
 
 
 class Transformer(nn.Module):
@@ -40,7 +51,8 @@ class Transformer(nn.Module):
         self.vocab_size = vocab_size
         self.tok_embeddings = nn.Embedding(vocab_size, cfg.d_model)
         self.layers = nn.ModuleDict(
-            {str(i): Block(cfg, attention_backend=attention_backend) for i in range(cfg.n_layers)}
+            {str(i): Block(cfg, i, attention_backend=attention_backend)
+             for i in range(cfg.n_layers)}
         )
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -66,9 +78,16 @@ class Transformer(nn.Module):
         """
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for block in self.layers.values():
-            h = block(h, self.rope_cos, self.rope_sin, mask, positions)
+            if block.controls.keep:  # a dropped block is the identity and costs nothing
+                h = block(h, self.rope_cos, self.rope_sin, mask, positions)
         h = self.norm(h) if self.norm is not None else h
         return self.output(h) if self.output is not None else h
+
+    def blocks_controls(self) -> dict[int, BlockControls]:
+        """Layer index -> the controls of each block this model (or stage) holds. Read
+        through any wrapper (activation checkpointing, FSDP), so the trainer can set them
+        before each step on every pipeline stage alike."""
+        return {int(key): block.controls for key, block in self.layers.items()}
 
     @torch.no_grad()
     def init_buffers(self) -> None:

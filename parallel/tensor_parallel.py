@@ -20,6 +20,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from triforge.models.feed_forward import FeedForward
+
 
 def _replicate_params(module: nn.Module, tp_mesh: DeviceMesh) -> None:
     """Make ``module``'s parameters replicated DTensors while its inputs and outputs stay
@@ -36,24 +38,37 @@ def _replicate_params(module: nn.Module, tp_mesh: DeviceMesh) -> None:
     distribute_module(module, tp_mesh, input_fn=to_replicate, output_fn=to_local)
 
 
-def _block_plan(*, sequence_parallel: bool) -> dict:
+def _swiglu_plan(residual) -> dict:
+    return {
+        "feed_forward": PrepareModuleInput(input_layouts=(residual,),
+                                           desired_input_layouts=(Replicate(),)),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(output_layouts=residual),
+    }
+
+
+# One plan per feed-forward type: a block's plan is its attention's plus its feed-forward's.
+FEED_FORWARD_PLANS = {FeedForward: _swiglu_plan}
+
+
+def _block_plan(block: nn.Module, *, sequence_parallel: bool) -> dict:
     # Between blocks activations are (b, s, d): Shard(1) = sharded along the sequence.
+    # Attention and feed-forward take the activation as their only positional argument
+    # (rotary tables, mask and positions are keywords), so the input plans key on it alone.
     residual = Shard(1) if sequence_parallel else Replicate()
+    ffn_plan = FEED_FORWARD_PLANS.get(type(block.feed_forward))
+    if ffn_plan is None:
+        raise ValueError(f"no tensor-parallel plan for feed-forward "
+                         f"{type(block.feed_forward).__name__} (layer {block.layer_id})")
     plan = {
-        "attention": PrepareModuleInput(
-            input_layouts=(residual, None, None, None, None),
-            desired_input_layouts=(Replicate(), None, None, None, None),
-        ),
+        "attention": PrepareModuleInput(input_layouts=(residual,),
+                                        desired_input_layouts=(Replicate(),)),
         "attention.wq": ColwiseParallel(),
         "attention.wk": ColwiseParallel(),
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(output_layouts=residual),
-        "feed_forward": PrepareModuleInput(
-            input_layouts=(residual,), desired_input_layouts=(Replicate(),)
-        ),
-        "feed_forward.w1": ColwiseParallel(),
-        "feed_forward.w3": ColwiseParallel(),
-        "feed_forward.w2": RowwiseParallel(output_layouts=residual),
+        **ffn_plan(residual),
     }
     if sequence_parallel:
         plan["attention_norm"] = SequenceParallel()
@@ -79,7 +94,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) 
         )
     parallelize_module(model, tp_mesh, top)
     for block in model.layers.values():
-        parallelize_module(block, tp_mesh, _block_plan(sequence_parallel=sequence_parallel))
+        parallelize_module(block, tp_mesh, _block_plan(block, sequence_parallel=sequence_parallel))
         if not sequence_parallel:
             _replicate_params(block.attention_norm, tp_mesh)
             _replicate_params(block.ffn_norm, tp_mesh)

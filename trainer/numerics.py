@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from triforge.errors import TriforgeError
+from triforge.models.side_outputs import attach_aux_loss
 from triforge.parallel.context import ParallelContext
 
 
@@ -33,6 +34,11 @@ class DebugConfig:
     inject_nonfinite_at_step: int = 0
     inject_nonfinite_rank: int = -1
     inject_nonfinite_into: str = "loss"  # loss | grad
+    # An auxiliary loss aux_l2_coeff * sum(h**2) on block aux_l2_layer's output h (-1: off):
+    # a side output of known gradient, to test that auxiliary losses train alike in every
+    # layout (models/side_outputs.py).
+    aux_l2_layer: int = -1
+    aux_l2_coeff: float = 0.0
 
     def validate(self) -> None:
         if self.inject_nonfinite_at_step < 0:
@@ -41,6 +47,8 @@ class DebugConfig:
         if self.inject_nonfinite_into not in ("loss", "grad"):
             raise ValueError(f"debug.inject_nonfinite_into='{self.inject_nonfinite_into}' must "
                              "be loss or grad")
+        if not (math.isfinite(self.aux_l2_coeff) and self.aux_l2_coeff >= 0):
+            raise ValueError(f"debug.aux_l2_coeff({self.aux_l2_coeff}) must be finite and >= 0")
 
 
 @dataclass(frozen=True)
@@ -162,3 +170,19 @@ class _NaNLoss:
             self._done = True
             value = value * float("nan")
         return value
+
+
+def attach_debug_aux_loss(parts: list[nn.Module], *, layer: int, coeff: float) -> None:
+    """``DebugConfig.aux_l2_*``: attach coeff * sum(h**2) of block ``layer``'s output h as an
+    auxiliary loss, on whichever part holds that block. A sum, not a mean, so that sequence
+    shards (tensor parallelism with sequence parallelism) add up to the whole."""
+    if layer < 0:
+        return
+
+    def penalize(block: nn.Module, _args, out: torch.Tensor) -> torch.Tensor:
+        aux = coeff * out.float().pow(2).sum()
+        return attach_aux_loss(out, aux, block.controls.aux_loss_scale)
+
+    for part in parts:
+        if str(layer) in part.layers:
+            part.layers[str(layer)].register_forward_hook(penalize)

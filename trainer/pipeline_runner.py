@@ -13,7 +13,14 @@ from triforge.parallel.context import ParallelContext, to_local_value
 from triforge.parallel.pipeline import build_schedule, stage_kwargs
 
 from .objectives import Batch
-from .runner import LossFunction, StepLoss, global_loss_scale, step_loss
+from .runner import (
+    LossFunction,
+    StepLoss,
+    aux_loss_scale,
+    global_loss_scale,
+    set_aux_loss_scale,
+    step_loss,
+)
 
 
 class PipelineRunner:
@@ -28,6 +35,7 @@ class PipelineRunner:
     def __init__(self, parts: list[nn.Module], stage_ids: list[int], n_stages: int,
                  ctx: ParallelContext, device: torch.device, *, schedule: str,
                  microbatches: int):
+        self.parts = parts
         self.microbatches = microbatches
         self.schedule = build_schedule(parts, stage_ids, n_stages, ctx.mesh["pp"].get_group(),
                                        device, schedule=schedule, microbatches=microbatches,
@@ -61,6 +69,7 @@ class PipelineRunner:
     def forward_backward(self, objective: LossFunction, batch: Batch, *, ctx: ParallelContext,
                          device: torch.device, loss_scale: float = 1.0) -> StepLoss:
         n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
+        set_aux_loss_scale(self.parts, aux_loss_scale(loss_scale, self.microbatches))
         total = self._run(objective, batch.to(device), ctx, scale, train=True)
         return step_loss(total, n_targets, ctx)
 

@@ -8,7 +8,8 @@ evaluator and the tests talk to a ``StepRunner`` and never ask which one it is.
 Loss normalization lives here, in one place, for every runner: a rank's summed target loss
 is multiplied by ``global_loss_scale`` so that the gradient is that of the mean loss over
 the whole global batch, whatever the data-parallel degree, the number of microbatches or
-the way targets fall into them, times fp16's loss scale.
+the way targets fall into them, times fp16's loss scale; auxiliary losses attached inside
+the model get the matching factor from ``aux_loss_scale``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 import torch
+from torch import nn
 
 from triforge.parallel.context import ParallelContext
 
@@ -62,6 +64,25 @@ def global_loss_scale(batch: Batch, ctx: ParallelContext, device, *,
     n_targets = ctx.all_reduce_dp(torch.tensor(float(batch.num_targets), device=device))
     n_targets = n_targets.clamp(min=1.0)
     return n_targets, (ctx.dims.dp * loss_scale) / n_targets
+
+
+def aux_loss_scale(loss_scale: float, microbatches: int) -> float:
+    """Backward factor of an auxiliary loss attached in one microbatch's forward
+    (models/side_outputs.py).
+
+    The objective counts an auxiliary loss as its mean over the global batch's dp x m
+    microbatches. Like the main loss's, its gradient is averaged over data-parallel ranks
+    by the gradient reduction, so its factor per microbatch is
+    loss_scale * dp / (dp * m) = loss_scale / m, whatever dp is.
+    """
+    return loss_scale / microbatches
+
+
+def set_aux_loss_scale(parts: list[nn.Module], scale: float) -> None:
+    """Give every block of this rank's model parts the auxiliary-loss factor of the step."""
+    for part in parts:
+        for controls in part.blocks_controls().values():
+            controls.aux_loss_scale = scale
 
 
 def step_loss(total: torch.Tensor, n_targets: torch.Tensor, ctx: ParallelContext) -> StepLoss:

@@ -10,7 +10,14 @@ from triforge.parallel.context import ParallelContext, to_local_value
 from triforge.parallel.data_parallel import set_gradient_sync
 
 from .objectives import Batch
-from .runner import LossFunction, StepLoss, global_loss_scale, step_loss
+from .runner import (
+    LossFunction,
+    StepLoss,
+    aux_loss_scale,
+    global_loss_scale,
+    set_aux_loss_scale,
+    step_loss,
+)
 
 
 class DirectRunner:
@@ -27,6 +34,7 @@ class DirectRunner:
         batch (``global_loss_scale``), so the gradient is that of the global mean however
         targets fall into ranks and microbatches."""
         n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
+        set_aux_loss_scale([self.model], aux_loss_scale(loss_scale, self.microbatches))
         total = torch.zeros((), device=device)
         micros = batch.split(self.microbatches)
         with ctx.loss_context():

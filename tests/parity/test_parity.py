@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.runs import LAYOUTS, assert_same_run, run_layout
+from tests.helpers.runs import LAYOUTS, RTOL, assert_same_run, run_layout
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,23 @@ def test_masked_objective_matches_single_process(name, single_process, tmp_path,
     reference = single_process(objective)
     records = run_layout(tmp_path / name, nproc, [*overrides, *objective], data_overrides)
     assert_same_run(name, records, reference)
+
+
+# An auxiliary loss attached inside block 1 (models/side_outputs.py): with pp2 that block is
+# on the first stage, so its gradient must enter there, never reaching the loss function.
+AUX = ["debug.aux_l2_layer=1", "debug.aux_l2_coeff=1e-3"]
+AUX_LAYOUTS = ["fsdp2", "tp2", "pp2_1f1b", "pp2_interleaved_1f1b"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", AUX_LAYOUTS)
+def test_auxiliary_loss_matches_single_process(layout, single_process, baseline, tmp_path,
+                                               data_overrides):
+    reference = single_process(AUX)
+    moved = max(abs(a["loss"] - b["loss"]) / b["loss"]
+                for a, b in zip(reference, baseline, strict=True))
+    print(f"the auxiliary loss moves the single-process loss by up to {moved:.1e}")
+    assert moved > 100 * RTOL, f"the auxiliary loss barely changes training ({moved:.1e})"
+    nproc, overrides = LAYOUTS[layout]
+    records = run_layout(tmp_path / layout, nproc, [*overrides, *AUX], data_overrides)
+    assert_same_run(f"{layout}+aux", records, reference)

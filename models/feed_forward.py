@@ -1,0 +1,37 @@
+"""Feed-forward layers of the blocks, chosen per layer by ``build_feed_forward``.
+
+Every block asks ``build_feed_forward(cfg, layer_id)`` for its feed-forward, so a model can
+mix kinds by layer (mixture-of-experts layers in every k-th block after some dense ones);
+today every layer is the dense SwiGLU. A new kind also needs a tensor-parallel plan
+(parallel/tensor_parallel.py keys plans by the feed-forward's type).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        for lin, s in ((self.w1, std), (self.w3, std), (self.w2, out_std)):
+            nn.init.trunc_normal_(lin.weight, mean=0.0, std=s, a=-3 * s, b=3 * s)
+
+
+def build_feed_forward(cfg: ModelConfig, layer_id: int) -> nn.Module:
+    """The feed-forward of block ``layer_id`` (0-based)."""
+    del layer_id  # every layer is dense until mixture-of-experts layers exist
+    return FeedForward(cfg)
