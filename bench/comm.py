@@ -96,14 +96,14 @@ def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> N
     from triforge.launcher.env import ProcessEnv
     from triforge.launcher.train import resolve_layout
     from triforge.parallel.context import ParallelContext
+    from triforge.parallel.mesh import build_meshes
 
     env = ProcessEnv(rank=rank, world_size=2, master_port=port, source="bench")
     job = load_config([*overrides, *MODES[mode]])
     dims = resolve_layout(job, env)
     device = pick_device(job.trainer.device, env)
     init_distributed(env, device, timeout_s=300)
-    mesh, dp_mesh = dims.build_mesh(device.type)
-    ctx = ParallelContext(dims, mesh, dp_mesh, rank)
+    ctx = ParallelContext(dims, build_meshes(dims, device.type), rank)
     trainer, _ = build_trainer(job, env, ctx, device, log=lambda *_: None)
     trainer.train_step()  # first step: pipeline shape inference, lazy optimizer state
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],

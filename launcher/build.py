@@ -13,7 +13,6 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from triforge.errors import ConfigError
 from triforge.models import build_model, materialize
 from triforge.models.hf import check_hf_dir, read_hf_state_dict
-from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
 from triforge.parallel.materialize import materialize_sharded
 from triforge.parallel.parallelize import ParallelOptions, parallelize
@@ -49,27 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def check_batch(job: JobConfig, dims: ParallelDims) -> None:
-    t = job.trainer
-    if job.debug.aux_l2_layer >= job.model.n_layers:
-        raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
-                          f"model.n_layers({job.model.n_layers}), or -1 for off")
-    if t.batch_size % dims.dp:
-        raise ConfigError(f"config: trainer.batch_size({t.batch_size}) must be divisible by dp({dims.dp})")
-    per_rank = t.batch_size // dims.dp
-    if t.micro_batch_size and per_rank % t.micro_batch_size:
-        raise ConfigError(
-            f"config: trainer.batch_size({t.batch_size}) / dp({dims.dp}) = {per_rank} must be "
-            f"divisible by trainer.micro_batch_size({t.micro_batch_size})"
-        )
-    micro = job.parallel.microbatches
-    if dims.pp > 1 and micro and per_rank % micro:
-        raise ConfigError(
-            f"config: trainer.batch_size({t.batch_size}) must be divisible by dp({dims.dp}) * "
-            f"parallel.microbatches({micro}) = {dims.dp * micro}"
-        )
 
 
 def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
@@ -119,7 +97,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
                            fsdp_reshard_after_forward=p.fsdp_reshard_after_forward,
                            activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every,
                            mp_policy=precision.fsdp_policy())
-    if ctx.mesh is None:
+    if ctx.meshes is None:
         model = new_model()
         parallelize(model, ctx.dims, None, opts)
         model = materialize(model, device, seed=job.seed)
@@ -128,7 +106,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     if ctx.dims.pp > 1:
         parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)
     for part in parts:
-        parallelize(part, ctx.dims, ctx.mesh, opts)
+        parallelize(part, ctx.dims, ctx.meshes, opts)
         materialize_sharded(part, device, is_main=ctx.is_main,
                             full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
     if ctx.dims.pp == 1:
@@ -160,7 +138,7 @@ def apply_init_from_hf(job: JobConfig, parts: list, vocab: int, ctx: ParallelCon
         raise ConfigError(f"init_from_hf: {exc}") from None
     full_sd = read_hf_state_dict(Path(path), tied=job.model.tie_embeddings) if ctx.is_main else {}
     # strict=False: a pipeline stage holds only some parameters; check_hf_dir saw them all.
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=ctx.mesh is not None,
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=ctx.meshes is not None,
                                strict=False)
     for part in parts:
         set_model_state_dict(part, full_sd, options=options)
@@ -172,7 +150,7 @@ def split_for_rank(model, job: JobConfig, ctx: ParallelContext):
     pp, virtual = ctx.dims.pp, job.parallel.pp_virtual_stages
     n_stages = pp * virtual
     layers = stage_layers(job.model.n_layers, n_stages, job.parallel.pp_layers_per_stage)
-    pp_rank = ctx.mesh["pp"].get_local_rank()
+    pp_rank = ctx.pp_rank
     stage_ids = [pp_rank + k * pp for k in range(virtual)]
     parts = [split_model(model, layers[sid], first=sid == 0, last=sid == n_stages - 1)
              for sid in stage_ids]
@@ -182,7 +160,6 @@ def split_for_rank(model, job: JobConfig, ctx: ParallelContext):
 def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device, *, log):
     """Everything ``Trainer.fit`` needs; returns (trainer, tokenizer)."""
     dims = ctx.dims
-    check_batch(job, dims)
     seed_everything(job.seed)
     dataset, loader, val_loader = build_loaders(job, ctx, log=log)
     objective = build_job_objective(job, dataset.tokenizer)
@@ -236,5 +213,5 @@ def build_job_objective(job: JobConfig, tokenizer):
 
 
 def build_precision(job: JobConfig, ctx: ParallelContext) -> PrecisionPolicy:
-    """FSDP2 wraps the model exactly when there is data parallelism (see ``parallelize``)."""
-    return PrecisionPolicy(job.precision, fsdp_enabled=ctx.mesh is not None and ctx.dims.dp > 1)
+    """FSDP2 casts when it wraps the model (``ParallelDims.fsdp_enabled``), else autocast."""
+    return PrecisionPolicy(job.precision, fsdp_enabled=ctx.dims.fsdp_enabled)

@@ -1,7 +1,8 @@
 """``triforge-layout world_size=N [parallel.* overrides]``: who talks to whom, before launch.
 
-Prints, as JSON, the rank groups of every mesh dimension for the given world size (ranks in
-one inner list form one process group), without starting any process.
+Prints, as JSON, the rank groups of every mesh dimension and of every role mesh (dp, fsdp,
+loss, ep, expert_fsdp; see parallel/dims.py) for the given world size (ranks in one inner
+list form one process group), without starting any process.
 """
 
 from __future__ import annotations
@@ -9,24 +10,10 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
 
 from .config import load_config
-
-
-def rank_groups(dims: ParallelDims) -> dict[str, list[list[int]]]:
-    """Groups per mesh dimension (and the flattened ``dp``), in the mesh's rank order."""
-    shape = dims.mesh_shape()
-    grid = np.arange(dims.world_size).reshape(tuple(shape.values()))
-    groups = {}
-    for axis, (name, size) in enumerate(shape.items()):
-        groups[name] = np.moveaxis(grid, axis, -1).reshape(-1, size).tolist()
-    dp = np.moveaxis(grid, (1, 2), (-2, -1)).reshape(-1, dims.dp)  # replicate x shard
-    groups["dp"] = dp.tolist()
-    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except TriforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(rank_groups(dims)))
+    print(json.dumps(dims.rank_groups()))
     return 0
 
 

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
+from triforge.parallel.mesh import build_meshes
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
 from triforge.trainer.trainer import Preempted
@@ -28,40 +29,24 @@ from .signals import EXIT_PREEMPTED, SignalWatch
 
 
 def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
-    """Validate the parallel degrees against the world size and the model, before any work."""
+    """Validate the parallel degrees against the world size, the model and the batch, before
+    any work (the rules live with the dims: parallel/dims.py)."""
+    if job.debug.aux_l2_layer >= job.model.n_layers:
+        raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
+                          f"model.n_layers({job.model.n_layers}), or -1 for off")
+    p, t = job.parallel, job.trainer
     try:
-        dims = ParallelDims.from_config(job.parallel, env.world_size)
+        dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
-                            n_layers=job.model.n_layers)
+                            n_layers=job.model.n_layers, tie_embeddings=job.model.tie_embeddings)
+        dims.validate_batch(batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
+                            pp_microbatches=p.microbatches)
+        if dims.pp > 1:
+            dims.validate_pipeline(p, n_layers=job.model.n_layers,
+                                   microbatches=p.microbatches or t.microbatches(dims.dp))
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
-    if (dims.tp > 1 or dims.pp > 1) and job.model.tie_embeddings:
-        raise ConfigError(f"config: parallel.tp({dims.tp}) / pp({dims.pp}) > 1 needs an untied "
-                          "output head; set model.tie_embeddings=false")
-    if dims.pp > 1:
-        check_pipeline(job, dims)
     return dims
-
-
-def check_pipeline(job: JobConfig, dims: ParallelDims) -> None:
-    from triforge.parallel.pipeline import MULTI_STAGE, SCHEDULES
-
-    p = job.parallel
-    if p.pp_schedule not in SCHEDULES:
-        raise ConfigError(f"config: parallel.pp_schedule='{p.pp_schedule}' is not one of "
-                          f"{sorted(SCHEDULES)}")
-    if p.pp_schedule not in MULTI_STAGE and p.pp_virtual_stages != 1:
-        raise ConfigError(f"config: parallel.pp_schedule={p.pp_schedule} runs one stage per "
-                          f"rank; set parallel.pp_virtual_stages=1 or use interleaved_1f1b")
-    stages = dims.pp * p.pp_virtual_stages
-    if job.model.n_layers < stages:
-        raise ConfigError(f"config: n_layers({job.model.n_layers}) must be >= pp({dims.pp}) * "
-                          f"pp_virtual_stages({p.pp_virtual_stages}) = {stages} stages")
-    micro = p.microbatches or job.trainer.microbatches(dims.dp)
-    if micro < dims.pp:
-        raise ConfigError(f"config: parallel.pp({dims.pp}) needs at least {dims.pp} microbatches "
-                          f"per step, got {micro}; set trainer.micro_batch_size or "
-                          "parallel.microbatches")
 
 
 def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
@@ -72,8 +57,8 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     if job.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     init_distributed(env, device, timeout_s=job.parallel.timeout_s)
-    mesh, dp_mesh = dims.build_mesh(device.type) if env.world_size > 1 else (None, None)
-    ctx = ParallelContext(dims, mesh, dp_mesh, env.rank)
+    meshes = build_meshes(dims, device.type) if env.world_size > 1 else None
+    ctx = ParallelContext(dims, meshes, env.rank)
     log = log if ctx.is_main else (lambda *_: None)
     run_dir = Path(job.run.dir)
     trainer, tokenizer = build_trainer(job, env, ctx, device, log=log)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from .activation_checkpoint import apply_ac
 from .data_parallel import apply_fsdp
 from .dims import ParallelDims
+from .mesh import RoleMeshes
 from .tensor_parallel import apply_tp
 
 
@@ -24,14 +24,14 @@ class ParallelOptions:
     mp_policy: MixedPrecisionPolicy = MixedPrecisionPolicy()  # fp32 unless a policy is given
 
 
-def parallelize(model: nn.Module, dims: ParallelDims, mesh: DeviceMesh | None,
+def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
                 opts: ParallelOptions) -> None:
-    """Apply the layout to ``model`` in place: TP, activation checkpointing, then FSDP.
-    With ``mesh`` None (one process) only activation checkpointing applies."""
-    if mesh is not None and dims.tp > 1:
-        apply_tp(model, mesh["tp"], sequence_parallel=opts.sequence_parallel)
+    """Apply the layout to ``model`` in place: TP, activation checkpointing, then FSDP over
+    the dense FSDP mesh (``dims.fsdp_enabled`` decides). With ``meshes`` None (one process)
+    only activation checkpointing applies."""
+    if meshes is not None and dims.tp > 1:
+        apply_tp(model, meshes.tp, sequence_parallel=opts.sequence_parallel)
     apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
-    if mesh is not None and dims.dp > 1:
-        dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
-        apply_fsdp(model, dp_mesh, reshard_after_forward=opts.fsdp_reshard_after_forward,
+    if meshes is not None and dims.fsdp_enabled:
+        apply_fsdp(model, meshes.fsdp, reshard_after_forward=opts.fsdp_reshard_after_forward,
                    mp_policy=opts.mp_policy)

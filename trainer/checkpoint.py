@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from triforge.errors import CheckpointError
@@ -110,8 +109,7 @@ class Checkpointer:
             return
         world = self.ctx.dims.world_size
         waiting = torch.tensor([world if self._pending[0].done() else self.ctx.rank])
-        if world > 1 and dist.is_initialized():
-            waiting = self.ctx.min_over_world(waiting.to(_collective_device()))
+        waiting = self.ctx.min_over_world(waiting.to(self.ctx.collective_device()))
         if int(waiting) >= world:
             self.wait()
 
@@ -128,10 +126,8 @@ class Checkpointer:
         self._commit_when_written(tmp, final, step, start)
 
     def _async_group(self):
-        if not (dist.is_initialized() and self.ctx.dims.world_size > 1):
-            return None
         if self._group is None:  # created on every rank at the same (first) async save
-            self._group = dist.new_group(backend="gloo")
+            self._group = self.ctx.new_group()
         return self._group
 
     def _write_json(self, tmp: Path, json_state: dict, rank_state: dict, config_yaml: str):
@@ -211,13 +207,13 @@ class Checkpointer:
                 result = decide()
             except Exception as exc:  # other ranks must hear of any failure, not hang
                 error = exc
-        if self.ctx.dims.world_size > 1 and dist.is_initialized():
-            message = None if error is None else str(error)
-            box = [(None if result is None else str(result), message)]
-            dist.broadcast_object_list(box, src=0)
+        if self.ctx.distributed:
+            verdict = (None if result is None else str(result),
+                       None if error is None else str(error))
+            path, message = self.ctx.broadcast_from_main(verdict)
             if not self.ctx.is_main:
-                result = None if box[0][0] is None else Path(box[0][0])
-                error = None if box[0][1] is None else CheckpointError(box[0][1])
+                result = None if path is None else Path(path)
+                error = None if message is None else CheckpointError(message)
         if error is not None:
             raise error
         return result
@@ -312,8 +308,7 @@ class Checkpointer:
         problems = model_mismatches(path, wanted)
         world = self.ctx.dims.world_size
         first = torch.tensor([self.ctx.rank if problems else world])
-        if world > 1 and dist.is_initialized():
-            first = self.ctx.min_over_world(first.to(_collective_device()))
+        first = self.ctx.min_over_world(first.to(self.ctx.collective_device()))
         if problems:
             more = f" and {len(problems) - 6} more" if len(problems) > 6 else ""
             raise CheckpointError(
@@ -365,9 +360,3 @@ def model_mismatches(path: Path, wanted: dict[str, tuple]) -> list[str]:
         elif tuple(saved[key].size) != shape:
             problems.append(f"{name} {list(saved[key].size)} vs model {list(shape)}")
     return problems
-
-
-def _collective_device() -> torch.device:
-    """Collectives run on the backend's device: CUDA for NCCL, CPU for gloo."""
-    return torch.device("cuda", torch.cuda.current_device()) if (
-        dist.get_backend() == "nccl") else torch.device("cpu")

@@ -46,6 +46,6 @@ class Evaluator:
             sums[1] += batch.num_targets
         for part in parts:
             part.train()
-        ctx.all_reduce_dp(sums)
+        ctx.all_reduce_loss(sums)
         val_loss = (sums[0] / sums[1].clamp(min=1)).item()
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}

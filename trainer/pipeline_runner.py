@@ -37,7 +37,7 @@ class PipelineRunner:
                  microbatches: int):
         self.parts = parts
         self.microbatches = microbatches
-        self.schedule = build_schedule(parts, stage_ids, n_stages, ctx.mesh["pp"].get_group(),
+        self.schedule = build_schedule(parts, stage_ids, n_stages, ctx.meshes.pp.get_group(),
                                        device, schedule=schedule, microbatches=microbatches,
                                        loss_fn=self._loss)
         self.has_first = 0 in stage_ids

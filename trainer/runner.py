@@ -59,11 +59,12 @@ def global_loss_scale(batch: Batch, ctx: ParallelContext, device, *,
                       loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(target count of the global batch, factor for a rank's summed loss).
 
-    Data-parallel gradient reduction averages over ranks, hence the factor dp; fp16's loss
-    scale multiplies in too (the step divides gradients by it again)."""
-    n_targets = ctx.all_reduce_dp(torch.tensor(float(batch.num_targets), device=device))
+    The gradient reduction averages over the FSDP ranks (dp x cp: context-parallel ranks
+    hold parts of the same sequences), hence that factor; fp16's loss scale multiplies in
+    too (the step divides gradients by it again)."""
+    n_targets = ctx.all_reduce_loss(torch.tensor(float(batch.num_targets), device=device))
     n_targets = n_targets.clamp(min=1.0)
-    return n_targets, (ctx.dims.dp * loss_scale) / n_targets
+    return n_targets, (ctx.dims.dp * ctx.dims.cp * loss_scale) / n_targets
 
 
 def aux_loss_scale(loss_scale: float, microbatches: int) -> float:
@@ -87,4 +88,4 @@ def set_aux_loss_scale(parts: list[nn.Module], scale: float) -> None:
 
 def step_loss(total: torch.Tensor, n_targets: torch.Tensor, ctx: ParallelContext) -> StepLoss:
     """The ``StepLoss`` of a rank whose summed loss this step is ``total``."""
-    return StepLoss(ctx.all_reduce_dp(total.clone()) / n_targets, total)
+    return StepLoss(ctx.all_reduce_loss(total.clone()) / n_targets, total)

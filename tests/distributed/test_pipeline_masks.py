@@ -18,6 +18,7 @@ from triforge.kernels.attention import AttentionMask
 from triforge.models import ModelConfig, build_model, materialize
 from triforge.parallel import ParallelConfig, ParallelDims
 from triforge.parallel.context import ParallelContext
+from triforge.parallel.mesh import build_meshes
 from triforge.parallel.pipeline import MULTI_STAGE, split_model, stage_layers
 from triforge.trainer.objectives import IGNORE_INDEX, Batch
 from triforge.trainer.objectives import summed_cross_entropy as loss_sum
@@ -52,7 +53,7 @@ def reference_model():
 
 def check_schedule(rank: int, world: int, schedule: str) -> None:
     dims = ParallelDims.from_config(ParallelConfig(pp=world), world)
-    ctx = ParallelContext(dims, *dims.build_mesh("cpu"), rank)
+    ctx = ParallelContext(dims, build_meshes(dims, "cpu"), rank)
     ref, batch = reference_model(), masked_batch()
     virtual = 2 if schedule in MULTI_STAGE else 1
     n_stages = world * virtual

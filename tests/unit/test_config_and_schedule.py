@@ -78,15 +78,13 @@ def test_env_reads_torchrun_then_slurm_then_single():
 
 
 def test_layout_errors_state_the_arithmetic():
-    from triforge.launcher.build import check_batch
     from triforge.launcher.env import ProcessEnv
     from triforge.launcher.train import resolve_layout
 
     job = load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2",
                        "parallel.microbatches=3", "trainer.batch_size=8"])
-    dims = resolve_layout(job, ProcessEnv(world_size=4))
     with pytest.raises(ConfigError, match=r"divisible by dp\(2\) \* parallel.microbatches\(3\) = 6"):
-        check_batch(job, dims)
+        resolve_layout(job, ProcessEnv(world_size=4))
     with pytest.raises(ConfigError, match=r"needs an untied output head"):
         resolve_layout(load_config(["model=tiny", "parallel.tp=2"]), ProcessEnv(world_size=2))
     with pytest.raises(ConfigError, match=r"n_layers\(2\) must be >= pp\(2\) \* "
