@@ -19,6 +19,7 @@ from triforge.parallel.parallelize import ParallelOptions, parallelize
 from triforge.parallel.pipeline import split_model, stage_layers
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
+from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
@@ -86,31 +87,30 @@ def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list[MetricsS
 
 
 def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, device,
-                         microbatches: int, precision: PrecisionPolicy):
+                         microbatches: int, engine: DataParallelEngine):
     """(model parts on ``device``, runner): this rank's model or pipeline stages, sharded
-    for the layout, with the seed's initial weights."""
+    for the layout (data parallelism by ``engine``), with the seed's initial weights."""
     def new_model():
         return build_model(job.model, vocab_size=vocab, attention_backend=job.attention.backend)
 
     p = job.parallel
     opts = ParallelOptions(sequence_parallel=p.sequence_parallel,
-                           fsdp_reshard_after_forward=p.fsdp_reshard_after_forward,
-                           activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every,
-                           mp_policy=precision.fsdp_policy())
+                           activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every)
     if ctx.meshes is None:
         model = new_model()
-        parallelize(model, ctx.dims, None, opts)
-        model = materialize(model, device, seed=job.seed)
-        return [model], DirectRunner(model, microbatches=microbatches)
-    parts, stage_ids, n_stages = [new_model()], [0], 1
-    if ctx.dims.pp > 1:
-        parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)
-    for part in parts:
-        parallelize(part, ctx.dims, ctx.meshes, opts)
-        materialize_sharded(part, device, is_main=ctx.is_main,
-                            full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
+        parallelize(model, ctx.dims, None, opts, wrap_data_parallel=engine.wrap)
+        parts = [materialize(model, device, seed=job.seed)]
+    else:
+        parts, stage_ids, n_stages = [new_model()], [0], 1
+        if ctx.dims.pp > 1:
+            parts, stage_ids, n_stages = split_for_rank(new_model(), job, ctx)
+        for part in parts:
+            parallelize(part, ctx.dims, ctx.meshes, opts, wrap_data_parallel=engine.wrap)
+            materialize_sharded(part, device, is_main=ctx.is_main,
+                                full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
     if ctx.dims.pp == 1:
-        return parts, DirectRunner(parts[0], microbatches=microbatches)
+        return parts, DirectRunner(parts[0], microbatches=microbatches,
+                                   sync=engine.set_gradient_sync)
     runner = PipelineRunner(parts, stage_ids, n_stages, ctx, device,
                             schedule=job.parallel.pp_schedule,
                             microbatches=job.parallel.microbatches or microbatches)
@@ -165,8 +165,11 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     objective = build_job_objective(job, dataset.tokenizer)
     vocab = job.model.padded_vocab(objective.vocab_size)
     precision = build_precision(job, ctx)
+    engine = FSDP2Engine(ctx, reshard_after_forward=job.parallel.fsdp_reshard_after_forward,
+                         mp_policy=precision.fsdp_policy())
     parts, runner = build_parallel_model(job, vocab, ctx, device,
-                                         job.trainer.microbatches(dims.dp), precision)
+                                         job.trainer.microbatches(dims.dp), engine)
+    engine.attach(parts, Optimizers(parts, job.optim))
     apply_init_from_hf(job, parts, vocab, ctx, log=log)
     attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
     non_emb = job.model.num_params(vocab, embedding=False)
@@ -182,7 +185,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                               dp_rank=ctx.dp_rank, dp_size=dims.dp)
     trainer = Trainer(
         cfg=job.trainer, optim_cfg=job.optim, parts=parts,
-        optimizer=Optimizers(parts, job.optim), runner=runner, objective=objective,
+        engine=engine, runner=runner, objective=objective,
         loader=loader,
         evaluator=evaluator,
         checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx),

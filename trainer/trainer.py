@@ -16,16 +16,17 @@ from triforge.parallel.context import ParallelContext
 from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
 from .data.loader import WindowLoader
+from .engine import DataParallelEngine
+from .hooks import StepHooks
 from .evaluate import Evaluator
 from .loggers import MetricsSink
 from .loss_scale import LossScaler
 from .numerics import NonfiniteInjector, StepGuard, Verdict
 from .objectives import Objective
-from .optim import Optimizers, lr_at, set_lr
+from .optim import lr_at, set_lr
 from .precision import PrecisionPolicy
 from .runner import StepRunner
-from .state import ModelOptimizerState, RNGState, TrainState
-from .step import clip_gradients, global_grad_norm
+from .state import RNGState, TrainState
 from .throughput import Throughput
 
 
@@ -50,7 +51,7 @@ class Trainer:
     cfg: TrainerConfig
     optim_cfg: OptimConfig
     parts: list[nn.Module]  # the model, or this rank's pipeline stages of it
-    optimizer: Optimizers
+    engine: DataParallelEngine  # gradient sync, unscale, norm, clip and step; tensor state
     runner: StepRunner
     objective: Objective
     loader: WindowLoader
@@ -67,10 +68,11 @@ class Trainer:
     ctx: ParallelContext = field(default_factory=ParallelContext.single)
     message: Callable[[str], None] = print  # one-off notices (the main rank's log)
     watch: PreemptionWatch | None = None
+    hooks: StepHooks = field(default_factory=StepHooks)
 
     def __post_init__(self) -> None:
         self.state = TrainState()
-        self._tensor_state = ModelOptimizerState(self.parts, self.optimizer.optimizers)
+        self._tensor_state = self.engine.tensor_state()
         self._json_state = {"train": self.state, "data": self.loader, "scaler": self.scaler}
         self._rank_state = {"rng": RNGState()}  # per rank: streams differ between ranks
         self._losses: list[float] = []
@@ -131,17 +133,18 @@ class Trainer:
         Megatron-LM), so a resumed run replays the same sequence."""
         step = self.state.step + 1
         lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)
-        set_lr(self.optimizer, lr)
+        set_lr(self.engine.optimizer, lr)
         windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
                                          dp_size=self.ctx.dims.dp)
         batch = self.objective.make_batch(windows)
+        self.hooks.run("step_start", step)
         with self.precision.autocast(self.device):
             loss, local_loss = self.runner.forward_backward(
                 self.injector.objective(self.objective, step), batch, ctx=self.ctx,
                 device=self.device, loss_scale=self.scaler.scale)
         self.injector.gradients(self.parts, step)
-        self.scaler.unscale_(self.parts)
-        grad_norm = global_grad_norm(self.parts, self.ctx)
+        self.engine.unscale_(self.scaler)
+        grad_norm = self.engine.grad_norm()
         loss = loss.item()  # one host sync per step: the verdict needs it on the host anyway
         verdict = self.guard.check(step, local_loss, grad_norm, loss)
         self._update(step, verdict, grad_norm)
@@ -157,13 +160,14 @@ class Trainer:
         """Apply the step, or leave parameters and optimizer state untouched bit for bit."""
         self.scaler.update(overflow=verdict.grad_rank is not None)
         if verdict.apply:
-            clip_gradients(self.parts, self.cfg.grad_clip, grad_norm)
-            self.optimizer.step()
+            self.hooks.run("before_optimizer_step", step)
+            self.engine.step(max_norm=self.cfg.grad_clip, grad_norm=grad_norm)
+            self.hooks.run("after_optimizer_step", step)
         else:
             self.state.skipped_steps += 1
             self.message(f"[warn] step {step} skipped: {verdict.reason} "
                          f"({self.state.skipped_steps} skipped so far)")
-        self.optimizer.zero_grad()
+        self.engine.zero_grad()
 
     def _precision_metrics(self) -> dict:
         metrics = {"skipped_steps": self.state.skipped_steps}
@@ -178,6 +182,7 @@ class Trainer:
         record = {"loss": loss, **metrics, **self.throughput.report()}
         record["grad_norm"] = float(record["grad_norm"])
         record["tokens_seen"] = self.state.tokens_seen
+        self.hooks.run("at_log", step, record)
         for sink in self.sinks:
             sink.log(step, record)
 

@@ -60,7 +60,7 @@ def test_mixed_precision_tracks_fp32(tmp_path, data_overrides, dtype):
 def snapshot(trainer) -> dict:
     model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     # Optimizer state, not param_groups: the learning rate is set before every step.
-    state = trainer.optimizer.optimizers[0].state_dict()["state"]
+    state = trainer.engine.optimizer.optimizers[0].state_dict()["state"]
     return {"model": model, "optim": copy.deepcopy(state)}
 
 

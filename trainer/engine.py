@@ -1,0 +1,123 @@
+"""The data-parallel engine: how a wrapped model's gradients are synchronized, unscaled,
+measured, clipped and applied, and what of it a checkpoint saves.
+
+The trainer's step order is fixed (forward/backward, unscale, agree on the verdict, then
+step or skip); what each phase does belongs to the engine. ``FSDP2Engine`` is the first
+implementation (FSDP2 sharding, replication or HSDP, and the single process, where FSDP
+does not wrap). A second engine (DeepSpeed ZeRO) implements the same ``DataParallelEngine``
+and the trainer does not ask which one it has.
+
+Life cycle: ``wrap`` each model part while the model is built (after tensor parallelism
+and activation checkpointing), then ``attach`` the parts and their optimizer once they
+exist; from then on the step calls the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy
+
+from triforge.parallel.context import ParallelContext, to_local_value
+from triforge.parallel.data_parallel import apply_fsdp, set_gradient_sync
+from triforge.parallel.mesh import RoleMeshes
+
+from .loss_scale import LossScaler
+from .optim import Optimizers
+from .state import ModelOptimizerState
+
+
+class DataParallelEngine(Protocol):
+    optimizer: Optimizers  # its param_groups carry the learning rate the trainer sets
+
+    def wrap(self, part: nn.Module) -> None:
+        """Shard or replicate one model part in place (or nothing, for one process)."""
+        ...
+
+    def attach(self, parts: list[nn.Module], optimizer: Optimizers) -> None: ...
+
+    def set_gradient_sync(self, enabled: bool) -> None:
+        """Reduce gradients in the next backward, or only accumulate them (accumulation)."""
+        ...
+
+    def unscale_(self, scaler: LossScaler) -> None: ...
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global gradient norm over every shard and stage: the single-process norm."""
+        ...
+
+    def step(self, *, max_norm: float, grad_norm: torch.Tensor) -> None:
+        """Clip to ``max_norm`` (0: no clipping) and apply the update."""
+        ...
+
+    def zero_grad(self) -> None: ...
+
+    def tensor_state(self) -> ModelOptimizerState:
+        """Model and optimizer state, for the checkpoint (resharded on load)."""
+        ...
+
+
+class FSDP2Engine:
+    """FSDP2 over the dense FSDP mesh whenever the layout has data or context parallelism
+    (``ParallelDims.fsdp_enabled``); plain local gradients otherwise."""
+
+    def __init__(self, ctx: ParallelContext, *, reshard_after_forward: bool = True,
+                 mp_policy: MixedPrecisionPolicy | None = None):
+        self.ctx = ctx
+        self.reshard_after_forward = reshard_after_forward
+        self.mp_policy = mp_policy
+        self.parts: list[nn.Module] = []
+        self.optimizer: Optimizers | None = None
+
+    @property
+    def wraps(self) -> bool:
+        return self.ctx.meshes is not None and self.ctx.dims.fsdp_enabled
+
+    def wrap(self, part: nn.Module) -> None:
+        if self.wraps:
+            meshes: RoleMeshes = self.ctx.meshes
+            apply_fsdp(part, meshes.fsdp, reshard_after_forward=self.reshard_after_forward,
+                       mp_policy=self.mp_policy)
+
+    def attach(self, parts: list[nn.Module], optimizer: Optimizers) -> None:
+        self.parts, self.optimizer = parts, optimizer
+
+    def set_gradient_sync(self, enabled: bool) -> None:
+        for part in self.parts:
+            set_gradient_sync(part, enabled)
+
+    def unscale_(self, scaler: LossScaler) -> None:
+        scaler.unscale_(self.parts)
+
+    def grad_norm(self) -> torch.Tensor:
+        return global_grad_norm(self.parts, self.ctx)
+
+    def step(self, *, max_norm: float, grad_norm: torch.Tensor) -> None:
+        clip_gradients(self.parts, max_norm, grad_norm)
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def tensor_state(self) -> ModelOptimizerState:
+        return ModelOptimizerState(self.parts, self.optimizer.optimizers)
+
+
+def global_grad_norm(parts: list[nn.Module], ctx: ParallelContext) -> torch.Tensor:
+    """Gradient norm over all shards and pipeline stages: the single-process norm.
+
+    Sharded gradients are DTensors; the full value of their norm is the norm of the
+    unsharded gradient. Pipeline stages hold disjoint parameters: their squared norms add.
+    """
+    grads = [p.grad for part in parts for p in part.parameters() if p.grad is not None]
+    norm = to_local_value(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+    return ctx.all_reduce_pp(norm**2).sqrt() if ctx.dims.pp > 1 else norm
+
+
+def clip_gradients(parts: list[nn.Module], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale gradients so their global ``norm`` is at most ``max_norm`` (0: no clipping)."""
+    if max_norm > 0:
+        for part in parts:
+            torch.nn.utils.clip_grads_with_norm_(part.parameters(), max_norm, norm)
