@@ -56,8 +56,7 @@ class Transformer(nn.Module):
         )
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
+        self.tie_weights()
         # Rotary tables: derived values, not state (rebuilt by init_buffers, not checkpointed).
         self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim),
                              persistent=False)
@@ -82,6 +81,28 @@ class Transformer(nn.Module):
                 h = block(h, self.rope_cos, self.rope_sin, mask, positions)
         h = self.norm(h) if self.norm is not None else h
         return self.output(h) if self.output is not None else h
+
+    def tie_weights(self) -> None:
+        """With ``tie_embeddings``, make the head use the embedding's weight, where this
+        model (or stage) holds both. Called again after anything that re-creates parameters
+        (``to_empty``, tensor parallelism's sharding), which would silently untie them."""
+        if self.cfg.tie_embeddings and self.tok_embeddings is not None and self.output is not None:
+            self.output.weight = self.tok_embeddings.weight
+
+    def stage_tied_weight(self) -> nn.Parameter | None:
+        """A tied weight this pipeline stage holds without its partner: the embedding on the
+        first stage, the head's copy of it on the last. The two copies start equal and get
+        the sum of both gradients every step, so they stay equal (Megatron's embedding
+        group); None when the tie is within this model or there is none."""
+        if not self.cfg.tie_embeddings or (self.tok_embeddings is None) == (self.output is None):
+            return None
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def tied_head_copy(self) -> nn.Parameter | None:
+        """On the last stage of a tied pipeline, the head's copy of the embedding: a
+        duplicate that the gradient norm must not count twice."""
+        w = self.stage_tied_weight()
+        return w if w is not None and self.output is not None else None
 
     def blocks_controls(self) -> dict[int, BlockControls]:
         """Layer index -> the controls of each block this model (or stage) holds. Read
@@ -140,8 +161,7 @@ def build_model(
 def materialize(model: Transformer, device: torch.device | str, *, seed: int) -> Transformer:
     """Allocate a meta-device model on ``device`` and initialize it from ``seed``."""
     model.to_empty(device=device)
-    if model.cfg.tie_embeddings and model.output is not None:
-        model.output.weight = model.tok_embeddings.weight  # to_empty breaks the tie
+    model.tie_weights()  # to_empty breaks the tie
     model.init_buffers()
     model.init_weights(generator_seed=seed)
     return model

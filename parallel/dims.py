@@ -142,17 +142,13 @@ class ParallelDims:
         groups["dp_shard"] = _groups(grid, [2, 3])
         return groups
 
-    def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int,
-                       tie_embeddings: bool = False) -> None:
+    def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int) -> None:
         if n_heads % self.tp or n_kv_heads % self.tp:
             raise ValueError(
                 f"tp({self.tp}) must divide n_heads({n_heads}) and n_kv_heads({n_kv_heads})"
             )
         if n_layers < self.pp:
             raise ValueError(f"n_layers({n_layers}) must be >= pp({self.pp}) pipeline stages")
-        if (self.tp > 1 or self.pp > 1) and tie_embeddings:
-            raise ValueError(f"parallel.tp({self.tp}) / pp({self.pp}) > 1 needs an untied "
-                             "output head; set model.tie_embeddings=false")
         if self.ep > 1:
             raise ValueError(f"parallel.ep({self.ep}) needs a mixture-of-experts model; use 1")
         if self.cp > 1:

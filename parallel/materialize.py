@@ -21,6 +21,7 @@ def materialize_sharded(
 ) -> nn.Module:
     """``to_empty`` + load ``full_init()``'s weights (built on the main rank only)."""
     model.to_empty(device=device)
+    model.tie_weights()  # to_empty re-creates each registration of a tied parameter
     model.init_buffers()
     full_sd = full_init().state_dict() if is_main else {}
     set_model_state_dict(

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import (
@@ -37,8 +38,11 @@ from torch.distributed.pipelining.schedules import (
     ScheduleInterleaved1F1B,
     ScheduleInterleavedZeroBubble,
 )
+from torch.distributed.tensor import DTensor
 
 from triforge.kernels.attention import AttentionMask
+
+from .context import ParallelContext
 
 SCHEDULES = {
     "gpipe": ScheduleGPipe,
@@ -92,6 +96,32 @@ def mask_from_fields(module: nn.Module, args: tuple, kwargs: dict):
     mask = AttentionMask(kwargs["mask_kind"], kwargs["prefix_len"], kwargs["doc_ids"])
     rest = {k: v for k, v in kwargs.items() if k not in MASK_FIELDS}
     return args, {**rest, "mask": mask}
+
+
+def tied_embedding_group(ctx: ParallelContext):
+    """The group of each pipeline's first and last stage ranks (Megatron's embedding group),
+    which hold the two copies of a tied embedding. Every rank calls this at the same point
+    (it creates groups); ranks outside both ends get a group they are not part of."""
+    if ctx.dims.pp == 2:
+        return ctx.meshes.pp.get_group()
+    mine = None
+    for ranks in ctx.dims.rank_groups()["pp"]:
+        group = dist.new_group([ranks[0], ranks[-1]])
+        if ctx.rank in (ranks[0], ranks[-1]):
+            mine = group
+    return mine
+
+
+def sum_tied_gradients(weights: list[nn.Parameter], group) -> None:
+    """Give both copies of a tied weight the sum of their gradients (in place). The copies
+    are sharded alike (FSDP and TP both shard dim 0), so once each gradient has its
+    parameter's placement (a vocab-parallel embedding's gradient comes back replicated)
+    the local shards line up."""
+    for w in weights:
+        if isinstance(w.grad, DTensor) and w.grad.placements != w.placements:
+            w.grad = w.grad.redistribute(w.device_mesh, w.placements)
+        grad = w.grad.to_local() if isinstance(w.grad, DTensor) else w.grad
+        dist.all_reduce(grad, group=group)
 
 
 def build_schedule(parts: list[nn.Module], stage_ids: list[int], n_stages: int,

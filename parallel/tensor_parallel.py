@@ -93,6 +93,9 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) 
             input_layouts=residual, output_layouts=Shard(-1), use_local_output=False
         )
     parallelize_module(model, tp_mesh, top)
+    # Both uses of a tied embedding are sharded Shard(0), over the vocabulary: the head's
+    # rows are the embedding's rows, so one DTensor serves both after re-tying.
+    model.tie_weights()
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, _block_plan(block, sequence_parallel=sequence_parallel))
         if not sequence_parallel:

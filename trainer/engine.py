@@ -109,9 +109,13 @@ def global_grad_norm(parts: list[nn.Module], ctx: ParallelContext) -> torch.Tens
     """Gradient norm over all shards and pipeline stages: the single-process norm.
 
     Sharded gradients are DTensors; the full value of their norm is the norm of the
-    unsharded gradient. Pipeline stages hold disjoint parameters: their squared norms add.
+    unsharded gradient. Pipeline stages hold disjoint parameters, so their squared norms
+    add, except a tied embedding's copy on the last stage, which is left out (its gradient
+    equals the embedding's after ``sum_tied_gradients``).
     """
-    grads = [p.grad for part in parts for p in part.parameters() if p.grad is not None]
+    copies = {id(w) for part in parts if (w := part.tied_head_copy()) is not None}
+    grads = [p.grad for part in parts for p in part.parameters()
+             if p.grad is not None and id(p) not in copies]
     norm = to_local_value(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
     return ctx.all_reduce_pp(norm**2).sqrt() if ctx.dims.pp > 1 else norm
 

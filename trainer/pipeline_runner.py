@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from triforge.parallel.context import ParallelContext, to_local_value
-from triforge.parallel.pipeline import build_schedule, stage_kwargs
+from triforge.parallel.pipeline import (
+    build_schedule,
+    stage_kwargs,
+    sum_tied_gradients,
+    tied_embedding_group,
+)
 
 from .objectives import Batch
 from .runner import (
@@ -40,6 +45,10 @@ class PipelineRunner:
         self.schedule = build_schedule(parts, stage_ids, n_stages, ctx.meshes.pp.get_group(),
                                        device, schedule=schedule, microbatches=microbatches,
                                        loss_fn=self._loss)
+        # A tied embedding lives on the first and the last stage: sum the two gradients.
+        tied = parts[0].cfg.tie_embeddings  # the same on every rank: group creation agrees
+        self._tied_weights = [w for part in parts if (w := part.stage_tied_weight()) is not None]
+        self._tied_group = tied_embedding_group(ctx) if tied else None
         self.has_first = 0 in stage_ids
         self.has_last = n_stages - 1 in stage_ids
         self._objective: LossFunction | None = None
@@ -58,6 +67,7 @@ class PipelineRunner:
         with ctx.loss_context():
             if train:
                 self.schedule.step(*args, target=target, losses=losses, **kwargs)
+                sum_tied_gradients(self._tied_weights, self._tied_group)
             else:
                 self.schedule.eval(*args, target=target, losses=losses, **kwargs)
         if losses:

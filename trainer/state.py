@@ -21,6 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from triforge.models import Transformer
+
 
 @dataclass
 class TrainState:
@@ -83,7 +85,13 @@ class ModelOptimizerState:
     distributed state-dict helpers: sharded parameters (DTensors), pipeline stages and the
     single-process model all save under the same names. The optimizer state is flattened
     (``state.<param>.exp_avg``, ``param_groups.<param>.lr``) so no key depends on how
-    parameters are grouped into parts."""
+    parameters are grouped into parts.
+
+    A tied embedding is one parameter in one process (its optimizer state is keyed
+    ``tok_embeddings.weight``) but two copies under pipeline parallelism; the last stage's
+    copy (``output.weight``) keeps its optimizer state under the embedding's name too, so
+    the two copies' (equal) states are one entry and a checkpoint of either form loads into
+    the other."""
 
     _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -95,16 +103,39 @@ class ModelOptimizerState:
         for part, opt in self.pairs:
             m, o = get_state_dict(part, opt, options=self._OPTIONS)
             model_sd.update(m)
-            optim_sd.update(o)
+            optim_sd.update(_rename(o, _optim_aliases(part)))
         return {"model": model_sd, "optim": optim_sd}
 
     def load_state_dict(self, state: dict) -> None:
         for part, opt in self.pairs:
             names = set(get_model_state_dict(part))
+            back = {new: old for old, new in _optim_aliases(part).items()}
             set_state_dict(
                 part, opt, model_state_dict={k: state["model"][k] for k in names},
-                optim_state_dict=state["optim"], options=self._OPTIONS,
+                optim_state_dict=_rename(state["optim"], back), options=self._OPTIONS,
             )
+
+
+def _optim_aliases(part: nn.Module) -> dict[str, str]:
+    """Parameter name -> the name its optimizer state is saved under, where they differ."""
+    if isinstance(part, Transformer) and part.tied_head_copy() is not None:
+        return {"output.weight": "tok_embeddings.weight"}
+    return {}
+
+
+def _rename(flat: dict, aliases: dict[str, str]) -> dict:
+    """Flattened optimizer keys (``state.<param>.<field>``, ``param_groups.<param>.<field>``)
+    with each aliased parameter name replaced."""
+    if not aliases:
+        return flat
+    out = {}
+    for key, value in flat.items():
+        kind, _, rest = key.partition(".")
+        for name, alias in aliases.items():
+            if rest.startswith(name + "."):
+                rest = alias + rest[len(name):]
+        out[f"{kind}.{rest}"] = value
+    return out
 
 
 class ModelState:

@@ -17,8 +17,8 @@ from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
 from .data.loader import WindowLoader
 from .engine import DataParallelEngine
-from .hooks import StepHooks
 from .evaluate import Evaluator
+from .hooks import StepHooks
 from .loggers import MetricsSink
 from .loss_scale import LossScaler
 from .numerics import NonfiniteInjector, StepGuard, Verdict

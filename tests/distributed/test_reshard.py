@@ -96,3 +96,44 @@ def test_resume_in_another_layout_continues_the_run(source, dest, saved, baselin
         diff = max_rel_diff(got, want)
         print(f"{source} -> {dest} {key} max relative difference {diff:.2e}")
         assert diff <= RTOL, f"{source} -> {dest}: {key} differs by {diff:.2e} (> {RTOL})"
+
+
+# A tied embedding is one tensor in one process and under TP, two copies under PP: a
+# checkpoint of either form resumes in the other.
+TIED = [*(a for a in NO_SAVES if not a.startswith("model.tie_embeddings")),
+        "model.tie_embeddings=true"]
+TIED_CYCLE = [("1", "pp2"), ("pp2", "tp2"), ("tp2", "1")]
+
+
+@pytest.fixture(scope="module")
+def tied_runs(tmp_path_factory, data_overrides):
+    """(the uninterrupted tied single-process records, step-5 checkpoint of each layout)."""
+    ckpt = [f"checkpoint.every={SAVED_AT}", "checkpoint.save_at_end=false"]
+    run_dir = tmp_path_factory.mktemp("tied_single")
+    records = run_layout(run_dir, 1, [], data_overrides, [*TIED, *ckpt])
+    paths = {"1": run_dir / "checkpoints" / f"step_{SAVED_AT}"}
+    for name in ("pp2", "tp2"):
+        run_dir = tmp_path_factory.mktemp(f"tied_{name}")
+        nproc, overrides = LAYOUTS[name]
+        run_layout(run_dir, nproc, [*overrides, f"trainer.stop_at_step={SAVED_AT}"],
+                   data_overrides, [*TIED, "checkpoint.every=0", "checkpoint.save_at_end=true"])
+        paths[name] = run_dir / "checkpoints" / f"step_{SAVED_AT}"
+    return records, paths
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("source", "dest"), TIED_CYCLE, ids=[f"{s}-to-{d}" for s, d in TIED_CYCLE])
+def test_tied_checkpoint_resumes_in_another_layout(source, dest, tied_runs, tmp_path,
+                                                   data_overrides):
+    records_ref, paths = tied_runs
+    reference = {r["step"]: r for r in records_ref}
+    nproc, overrides = LAYOUTS[dest]
+    ckpt = ["checkpoint.every=0", "checkpoint.save_at_end=false",
+            f"checkpoint.resume={paths[source]}"]
+    records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*TIED, *ckpt])
+    steps = list(range(SAVED_AT + 1, STEPS + 1))
+    assert [r["step"] for r in records] == steps
+    for key in ("loss", "grad_norm"):
+        diff = max_rel_diff([r[key] for r in records], [reference[s][key] for s in steps])
+        print(f"tied {source} -> {dest} {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL, f"tied {source} -> {dest}: {key} differs by {diff:.2e} (> {RTOL})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.runs import LAYOUTS, RTOL, assert_same_run, run_layout
+from tests.helpers.runs import COMMON, LAYOUTS, RTOL, assert_same_run, run_layout
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,28 @@ def test_auxiliary_loss_matches_single_process(layout, single_process, baseline,
     nproc, overrides = LAYOUTS[layout]
     records = run_layout(tmp_path / layout, nproc, [*overrides, *AUX], data_overrides)
     assert_same_run(f"{layout}+aux", records, reference)
+
+
+# Tied input/output embeddings (the tiny preset's default): under tensor parallelism both
+# uses shard one weight over the vocabulary; under pipeline parallelism the first and last
+# stage hold a copy each and sum their gradients.
+TIED = [*(a for a in COMMON if not a.startswith("model.tie_embeddings")),
+        "model.tie_embeddings=true"]
+TIED_LAYOUTS = ["fsdp2", "tp2", "pp2_1f1b", "tp2_pp2", "fsdp2_tp2"]
+
+
+@pytest.fixture(scope="module")
+def tied_baseline(tmp_path_factory, data_overrides) -> list[dict]:
+    return run_layout(tmp_path_factory.mktemp("single_tied"), 1, [], data_overrides, TIED)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", [
+    pytest.param(n, marks=pytest.mark.slow) if LAYOUTS[n][0] > 2 else n for n in TIED_LAYOUTS
+])
+def test_tied_embeddings_match_single_process(layout, tied_baseline, baseline, tmp_path,
+                                              data_overrides):
+    assert tied_baseline[-1]["loss"] != baseline[-1]["loss"]  # the tie really changed the model
+    nproc, overrides = LAYOUTS[layout]
+    records = run_layout(tmp_path / layout, nproc, overrides, data_overrides, TIED)
+    assert_same_run(f"{layout}+tied", records, tied_baseline)

@@ -85,8 +85,7 @@ def test_layout_errors_state_the_arithmetic():
                        "parallel.microbatches=3", "trainer.batch_size=8"])
     with pytest.raises(ConfigError, match=r"divisible by dp\(2\) \* parallel.microbatches\(3\) = 6"):
         resolve_layout(job, ProcessEnv(world_size=4))
-    with pytest.raises(ConfigError, match=r"needs an untied output head"):
-        resolve_layout(load_config(["model=tiny", "parallel.tp=2"]), ProcessEnv(world_size=2))
+    resolve_layout(load_config(["model=tiny", "parallel.tp=2"]), ProcessEnv(world_size=2))  # tied
     with pytest.raises(ConfigError, match=r"n_layers\(2\) must be >= pp\(2\) \* "
                                           r"pp_virtual_stages\(2\) = 4 stages"):
         resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.pp=2",
