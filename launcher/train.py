@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
@@ -49,9 +50,37 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     return dims
 
 
+def check_run_dir(run_dir: str) -> Path:
+    """``run.dir`` as a path, if it is one triforge may write into: new, empty, or a run
+    (metrics.jsonl, checkpoints/ or a config.yaml of ours). Anything else would have its
+    config.yaml and loss.png silently replaced."""
+    if not run_dir.strip():
+        raise ConfigError("config: run.dir is empty; name a directory for the run's files, "
+                          "e.g. run.dir=runs/my-run")
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"config: run.dir={run_dir} is a file; choose a directory")
+    if path.is_dir() and any(path.iterdir()) and not _is_run(path):
+        raise ConfigError(f"config: run.dir={run_dir} holds other files and is not a triforge "
+                          "run (no metrics.jsonl, checkpoints/ or config.yaml of ours); choose "
+                          "a new or empty directory")
+    return path
+
+
+def _is_run(path: Path) -> bool:
+    if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+        return True
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"run", "trainer", "model"} <= config.keys()
+
+
 def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     """Run (or resume) the job described by ``job``; returns the finished Trainer."""
     env = read_env() if env is None else env
+    run_dir = check_run_dir(job.run.dir)
     dims = resolve_layout(job, env)
     device = pick_device(job.trainer.device, env)
     if job.trainer.deterministic:
@@ -60,7 +89,6 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     meshes = build_meshes(dims, device.type) if env.world_size > 1 else None
     ctx = ParallelContext(dims, meshes, env.rank)
     log = log if ctx.is_main else (lambda *_: None)
-    run_dir = Path(job.run.dir)
     trainer, tokenizer = build_trainer(job, env, ctx, device, log=log)
     trainer.watch = watch = SignalWatch().install()
     resume_from = trainer.checkpointer.find_resume()

@@ -245,22 +245,24 @@ class Checkpointer:
         return self._newest_verified()
 
     def _candidates(self) -> list[Path]:
-        """``latest`` first, then every ``step_N`` directory newest first."""
+        """Every ``step_N`` directory, newest first. ``latest`` only names the last commit;
+        a crash between a checkpoint's rename and the pointer's update leaves it one behind,
+        so it never outranks a newer checkpoint that verifies."""
         steps = [self.root / f"step_{s}" for s in reversed(self.complete_steps())]
         pointer = self.root / "latest"
-        if not pointer.is_file():
-            if steps:
-                self.log(f"[warn] {pointer} is missing; trying checkpoints newest first")
-            return steps
-        named = self.root / pointer.read_text().strip()
-        if named not in steps:
-            self.log(f"[warn] {pointer} names {named.name}, which is not a checkpoint "
-                     "directory; trying checkpoints newest first")
-            return steps
-        return [named] + [p for p in steps if p != named]
+        named = _read_pointer(pointer)
+        if steps and named is None:
+            self.log(f"[warn] {pointer} is missing or unreadable; trying checkpoints newest "
+                     "first")
+        elif steps and named != steps[0].name:
+            self.log(f"[warn] {pointer} names {named}, but {steps[0].name} is newer; trying "
+                     "checkpoints newest first")
+        return steps
 
     def _newest_verified(self) -> Path | None:
-        """The first candidate that verifies; each rejected one is logged with its fault."""
+        """The newest checkpoint that verifies; each rejected one is logged with its fault
+        and, once an older one verifies, moved aside (``step_N.rejected-<time>``, kept for
+        inspection), so that it no longer counts as saved: training to step N saves it anew."""
         for stale in sorted(self.root.glob("step_*.tmp")) if self.root.is_dir() else []:
             self.log(f"[warn] ignoring {stale.name}: a save that never committed")
         candidates = self._candidates()
@@ -268,6 +270,7 @@ class Checkpointer:
         for i, path in enumerate(candidates):
             fault = manifest.check(path)
             if fault is None:
+                self._move_aside(candidates[:i])
                 return path
             faults.append(f"{path.name} {fault}")
             then = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
@@ -281,6 +284,13 @@ class Checkpointer:
                 "new run.dir"
             )
         return None
+
+    def _move_aside(self, rejected: list[Path]) -> None:
+        for path in rejected:
+            aside = path.with_name(f"{path.name}.rejected-{int(time.time())}")
+            path.rename(aside)
+            self.log(f"[warn] moved {path.name} aside to {aside.name}; {path.name} will be "
+                     "saved again when training reaches it")
 
     def load(self, path: Path, tensor_state, json_state: dict, rank_state: dict | None = None,
              ) -> None:
@@ -360,3 +370,11 @@ def model_mismatches(path: Path, wanted: dict[str, tuple]) -> list[str]:
         elif tuple(saved[key].size) != shape:
             problems.append(f"{name} {list(saved[key].size)} vs model {list(shape)}")
     return problems
+
+
+def _read_pointer(pointer: Path) -> str | None:
+    """The directory name ``latest`` holds, or None when it is missing or unreadable."""
+    try:
+        return pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None

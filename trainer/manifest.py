@@ -113,10 +113,22 @@ def _read_entries(root: Path) -> list[tuple[str, int, str]] | str:
 def check(root: Path, *, hashes: bool = True) -> str | None:
     """The first fault of checkpoint ``root`` as a phrase ("is missing tensors/x"), or None
     when it is sound. ``hashes=False`` checks the manifest, presence and sizes only: one stat
-    per file instead of reading every byte."""
+    per file instead of reading every byte.
+
+    The manifest must describe exactly the checkpoint's files: an entry that resolves
+    outside ``root`` (``../x``, an absolute path, a symlink out) is refused before anything
+    is opened, and a file in ``root`` that no entry lists is a fault too, so an emptied
+    ``files`` list cannot pass."""
     entries = _read_entries(root)
     if isinstance(entries, str):
         return entries
+    inside = root.resolve()
+    listed = set()
+    for name, _, _ in entries:
+        resolved = (root / name).resolve()
+        if Path(name).is_absolute() or not resolved.is_relative_to(inside):
+            return f"lists {name!r} in manifest.json, a path outside the checkpoint"
+        listed.add(resolved)
     for name, size, _ in entries:
         path = root / name
         if not path.is_file():
@@ -126,6 +138,9 @@ def check(root: Path, *, hashes: bool = True) -> str | None:
             return f"has a truncated {name} ({actual} of {size} bytes)"
         if actual != size:
             return f"has an altered {name} ({actual} bytes where manifest.json lists {size})"
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and path.resolve() not in listed:
+            return f"has {path.relative_to(root).as_posix()}, which manifest.json does not list"
     if not hashes:
         return None
     digests = _hash_all([root / name for name, _, _ in entries])

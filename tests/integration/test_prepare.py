@@ -38,3 +38,25 @@ def test_prepare_bpe_into_a_dir_then_train_on_it(tmp_path, corpus_dir, capsys):
     trainer = train(job, log=lambda *_: None)
     assert trainer.model.vocab_size == 640  # 600 padded up to a multiple of 64
     assert trainer.state.step == 3
+
+
+def test_prepare_refuses_to_replace_what_is_not_a_dataset(tmp_path, corpus_dir, capsys,
+                                                          monkeypatch):
+    """Only a triforge dataset (its index.json) is ever replaced: never a user folder, the
+    working directory or one of its parents; each refusal leaves everything in place."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    source = [f"data.paths=[{corpus_dir}]"]
+    for target, fault in ((mine, "not a triforge dataset"), (".", "working directory"),
+                          ("..", "working directory or one of its parents"),
+                          (mine / "thesis.tex", "is a file")):
+        assert prepare_main([f"data.dir={target}", *source]) == 2
+        err = capsys.readouterr().err
+        assert fault in err and err.count("\n") == 1, err
+    assert (mine / "thesis.tex").read_text() == "years of work" and work.is_dir()
+    assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0
+    assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0  # a dataset: replaced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,30 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: config: trainer.max_steps(-3) must be > 0"
+
+
+def test_run_dir_must_be_a_run_or_new(tmp_path, data_overrides, capsys):
+    """A folder of someone else's files, an empty name or a file is refused in one line
+    before anything is written; a finished run of ours is accepted again."""
+    from triforge.launcher.train import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("theirs: true\n")
+    (mine / "loss.png").write_bytes(b"their picture")
+    args = [*BASE, *data_overrides, "trainer.max_steps=2"]
+    for run_dir, fault in ((mine, "is not a triforge run"), ("", "run.dir is empty"),
+                           (mine / "loss.png", "is a file")):
+        assert main([*args, f"run.dir={run_dir}"]) == 2
+        err = capsys.readouterr().err
+        assert fault in err and err.count("\n") == 1, err
+    assert (mine / "config.yaml").read_text() == "theirs: true\n"
+    assert (mine / "loss.png").read_bytes() == b"their picture"
+    ours = tmp_path / "ours"
+    assert main([*args, f"run.dir={ours}"]) == 0
+    (ours / "metrics.jsonl").unlink()  # still ours: its config.yaml says so
+    shutil.rmtree(ours / "checkpoints")
+    assert main([*args, f"run.dir={ours}"]) == 0
 
 
 def test_missing_data_dir_names_the_fix(tmp_path):

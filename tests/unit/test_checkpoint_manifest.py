@@ -132,10 +132,10 @@ def test_resume_falls_back_from_a_corrupted_newest_checkpoint(tmp_path):
     flip_byte(tmp_path / "checkpoints" / "step_12" / SHARD)
     fresh = Run(tmp_path)
     assert fresh.resume() == 8
-    assert fresh.warnings() == [
-        f"[warn] checkpoint step_12 rejected: it has an altered {SHARD} (its sha256 differs "
-        "from manifest.json); falling back to step_8"
-    ]
+    rejected, moved = fresh.warnings()
+    assert rejected == (f"[warn] checkpoint step_12 rejected: it has an altered {SHARD} (its "
+                        "sha256 differs from manifest.json); falling back to step_8")
+    assert moved.startswith("[warn] moved step_12 aside to step_12.rejected-")
 
 
 def test_resume_scans_newest_first_when_latest_is_missing(tmp_path):
@@ -148,12 +148,48 @@ def test_resume_scans_newest_first_when_latest_is_missing(tmp_path):
     assert len(fresh.warnings()) == 1 and "latest is missing" in fresh.warnings()[0]
 
 
-def test_resume_tries_latest_before_newer_directories(tmp_path):
+def test_resume_takes_the_newest_sound_checkpoint_even_if_latest_lags(tmp_path):
+    """What a crash between a checkpoint's rename and the pointer update leaves."""
     run = Run(tmp_path)
-    for step in (4, 8):
+    for step in (4, 6):
         run.save(step)
     (tmp_path / "checkpoints" / "latest").write_text("step_4\n")
-    assert Run(tmp_path).resume() == 4
+    fresh = Run(tmp_path)
+    assert fresh.resume() == 6
+    assert "names step_4, but step_6 is newer" in fresh.warnings()[0]
+
+
+def test_a_rejected_checkpoint_no_longer_counts_as_saved(tmp_path):
+    """After falling back from a corrupt step_12 to step_8, step 12 must be saved again:
+    the damaged directory is moved aside (kept), not left to pass for a saved step."""
+    run = Run(tmp_path)
+    for step in (4, 8, 12):
+        run.save(step)
+    flip_byte(tmp_path / "checkpoints" / "step_12" / SHARD)
+    fresh = Run(tmp_path)
+    assert fresh.resume() == 8
+    assert fresh.ckpt.complete_steps() == [4, 8]
+    aside = [p.name for p in (tmp_path / "checkpoints").iterdir() if ".rejected-" in p.name]
+    assert len(aside) == 1 and aside[0].startswith("step_12.rejected-")
+    fresh.save(12)
+    assert manifest.check(tmp_path / "checkpoints" / "step_12") is None
+    assert Run(tmp_path).resume() == 12
+
+
+def test_manifest_entries_stay_inside_the_checkpoint(tmp_path):
+    path = Run(tmp_path).save(2)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    doc = json.loads((path / "manifest.json").read_text())
+    for name in ("../../secret.txt", str(outside)):
+        entry = {"path": name, "size": outside.stat().st_size,
+                 "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()}
+        bad = {**doc, "files": [*doc["files"], entry]}
+        (path / "manifest.json").write_text(json.dumps(bad))
+        assert manifest.check(path) == (f"lists {name!r} in manifest.json, a path outside "
+                                        "the checkpoint")
+    (path / "manifest.json").write_text(json.dumps({**doc, "files": []}))
+    assert "which manifest.json does not list" in manifest.check(path)
 
 
 def test_resume_refuses_to_start_fresh_when_no_checkpoint_verifies(tmp_path):

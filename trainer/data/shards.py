@@ -55,6 +55,28 @@ def _write_split(out: Path, split: str, docs: list[np.ndarray], dtype: np.dtype)
     }
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to let a dataset build replace anything but a dataset: the working directory
+    or one of its parents, a file, or a folder of other files (nothing is changed then)."""
+    here = Path.cwd().resolve()
+    if out_dir == here or out_dir in here.parents:
+        raise DataError(f"data.dir={out_dir} is the working directory or one of its parents; "
+                        "a dataset build replaces its directory: choose a new one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"data.dir={out_dir} is a file; choose a new directory for the dataset")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_dataset(out_dir):
+        raise DataError(f"data.dir={out_dir} holds files that are not a triforge dataset (no "
+                        "index.json of ours); choose an empty or new directory (nothing was "
+                        "changed)")
+
+
+def _is_dataset(root: Path) -> bool:
+    try:
+        return json.loads((root / "index.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_dataset(
     out_dir: Path,
     documents,
@@ -63,8 +85,12 @@ def write_dataset(
     val_every: int,
     fingerprint: str,
 ) -> Path:
-    """Tokenize ``documents`` into ``out_dir``; every ``val_every``-th document is validation."""
-    out_dir = Path(out_dir)
+    """Tokenize ``documents`` into ``out_dir``; every ``val_every``-th document is validation.
+
+    ``out_dir`` is replaced whole once the new dataset is complete, so it must be new,
+    empty, or a triforge dataset already (``check_replaceable``)."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    check_replaceable(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
