@@ -60,8 +60,13 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
         dataset = open_dataset(job.data, build_if_missing=False, log=log)
     seq = job.trainer.seq_len
     train = dataset.split("train")
+    windows = WindowLoader.num_samples(train, seq)
+    if job.trainer.batch_size > windows:
+        raise ConfigError(f"config: trainer.batch_size({job.trainer.batch_size}) exceeds the "
+                          f"{windows} training windows of seq_len {seq} in {dataset.root}; use a "
+                          "smaller batch or more data")
     docs = job.data.document_masking
-    sampler = GlobalSampler(WindowLoader.num_samples(train, seq), seed=job.seed)
+    sampler = GlobalSampler(windows, seed=job.seed)
     loader = WindowLoader(train, seq, sampler, document_ids=docs)
     val = dataset.split("val")
     n_val = WindowLoader.num_samples(val, seq)
@@ -163,7 +168,10 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     seed_everything(job.seed)
     dataset, loader, val_loader = build_loaders(job, ctx, log=log)
     objective = build_job_objective(job, dataset.tokenizer)
-    vocab = job.model.padded_vocab(objective.vocab_size)
+    try:
+        vocab = job.model.padded_vocab(objective.vocab_size)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
     precision = build_precision(job, ctx)
     engine = FSDP2Engine(ctx, reshard_after_forward=job.parallel.fsdp_reshard_after_forward,
                          mp_policy=precision.fsdp_policy())

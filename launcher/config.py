@@ -9,6 +9,7 @@ fail there), then ``validate`` checks values and cross-field rules. Every failur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -32,6 +33,8 @@ from triforge.trainer.data.config import DataConfig
 from triforge.trainer.numerics import DebugConfig
 from triforge.trainer.objectives import ObjectiveConfig
 from triforge.trainer.precision import PrecisionConfig
+
+from .schema import GROUPS, check_finite, check_overrides
 
 
 @dataclass
@@ -80,6 +83,10 @@ def validate(job: JobConfig) -> None:
     job.checkpoint.validate()
     job.precision.validate()
     job.debug.validate()
+    job.generate.validate()
+    job.logging.validate()
+    if not 0 <= job.seed < 2**32:
+        raise ValueError(f"seed({job.seed}) must be in [0, 2**32): NumPy seeds are 32-bit")
     t = job.trainer
     if t.seq_len > job.model.max_seq_len:
         raise ValueError(
@@ -108,9 +115,20 @@ def _one_line(exc: BaseException) -> str:
     return ": ".join(parts) or "invalid configuration"
 
 
+def presets() -> dict[str, list[str]]:
+    """The preset names of each config group (the YAML files in configs/<group>/)."""
+    root = resources.files("triforge.configs")
+    return {group: sorted(f.name.removesuffix(".yaml") for f in (root / group).iterdir()
+                          if f.name.endswith(".yaml")) for group in GROUPS}
+
+
 def load_config(overrides: list[str]) -> JobConfig:
     """Compose configs/ with ``overrides`` (Hydra syntax) into a validated ``JobConfig``."""
     _register()
+    try:
+        check_overrides(list(overrides), JobConfig, presets=presets())
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
     try:
         with initialize_config_module(config_module="triforge.configs", version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
@@ -122,6 +140,7 @@ def load_config(overrides: list[str]) -> JobConfig:
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_one_line(exc)}") from None
     try:
+        check_finite(job)
         validate(job)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
@@ -136,6 +155,7 @@ def load_run_config(saved_yaml: Path, overrides: list[str]) -> JobConfig:
     try:
         merged = OmegaConf.merge(schema, OmegaConf.load(saved_yaml), OmegaConf.from_dotlist(overrides))
         job = OmegaConf.to_object(merged)
+        check_finite(job)
         validate(job)
     except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"config ({saved_yaml}): {_one_line(exc)}") from None

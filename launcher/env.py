@@ -1,7 +1,8 @@
 """The process environment, read once: torchrun, SLURM, or a plain single process.
 
 This is the only place triforge reads environment variables; everything below receives
-values.
+values. A variable that is set but malformed (``RANK=x``, ``WORLD_SIZE=0``, ``RANK=5`` of
+2, an unparsable ``SLURM_NODELIST``) is an ``EnvError`` naming it, before any work.
 """
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+
+from triforge.errors import TriforgeError
+
+
+class EnvError(TriforgeError):
+    """A launcher variable (torchrun's or SLURM's) that cannot describe this process."""
 
 
 @dataclass(frozen=True)
@@ -23,39 +30,62 @@ class ProcessEnv:
     agent_store: bool = False
     restart_count: int = 0
     wandb_api_key_set: bool = False
+    triton_interpret: bool = False  # TRITON_INTERPRET=1: Triton kernels run on the CPU
 
 
 def first_slurm_host(nodelist: str) -> str:
     """First host of a SLURM nodelist: 'node[03-05,07],gpu1' -> 'node03'."""
-    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    head = re.fullmatch(r"([A-Za-z0-9._-]+)(\[([0-9]+)[-0-9,]*\])?(,.*)?", nodelist.strip())
     if head is None:
-        raise ValueError(f"cannot parse SLURM_NODELIST '{nodelist}'")
-    prefix, _, ranges = head.groups()
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+        raise EnvError(f"SLURM_NODELIST='{nodelist}' is not a node list like 'node[01-04]'")
+    prefix, _, first, _ = head.groups()
+    return prefix + (first or "")
+
+
+def _int(env, name: str, default: int | None = None, *, low: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise EnvError(f"{name}='{raw}' must be an integer; check the launcher's "
+                       "environment") from None
+    if value < low:
+        raise EnvError(f"{name}({value}) must be >= {low}")
+    return value
+
+
+def _layout(rank: int, world: int, local_rank: int, names: tuple[str, str, str]) -> None:
+    if not rank < world:
+        raise EnvError(f"{names[0]}({rank}) must be < {names[1]}({world})")
+    if not local_rank < world:
+        raise EnvError(f"{names[2]}({local_rank}) must be < {names[1]}({world})")
 
 
 def read_env(environ: dict | None = None) -> ProcessEnv:
     """torchrun variables win over SLURM's (torchrun under srun sets both)."""
     env = os.environ if environ is None else environ
-    wandb_key = bool(env.get("WANDB_API_KEY"))
+    common = {"wandb_api_key_set": bool(env.get("WANDB_API_KEY")),
+              "triton_interpret": env.get("TRITON_INTERPRET") == "1"}
     if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE", low=1)
+        local = _int(env, "LOCAL_RANK", 0)
+        _layout(rank, world, local, ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         return ProcessEnv(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
+            rank=rank, world_size=world, local_rank=local,
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)),
-            source="torchrun", wandb_api_key_set=wandb_key,
-            agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
-            restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
+            master_port=_int(env, "MASTER_PORT", 29500, low=1),
+            source="torchrun", agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+            restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0), **common,
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS", low=1)
+        local = _int(env, "SLURM_LOCALID", 0)
+        _layout(rank, world, local, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
         return ProcessEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            rank=rank, world_size=world, local_rank=local,
             master_addr=first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1")),
-            master_port=int(env.get("MASTER_PORT", 29500)),
-            source="slurm", wandb_api_key_set=wandb_key,
+            master_port=_int(env, "MASTER_PORT", 29500, low=1), source="slurm", **common,
         )
-    return ProcessEnv(wandb_api_key_set=wandb_key)
+    return ProcessEnv(**common)

@@ -83,6 +83,10 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     run_dir = check_run_dir(job.run.dir)
     dims = resolve_layout(job, env)
     device = pick_device(job.trainer.device, env)
+    if job.attention.backend == "triton" and device.type != "cuda" and not env.triton_interpret:
+        raise ConfigError("config: attention.backend=triton needs a CUDA device (or "
+                          "TRITON_INTERPRET=1 to run the kernels slowly on the CPU); use "
+                          "attention.backend=sdpa on the CPU")
     if job.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     init_distributed(env, device, timeout_s=job.parallel.timeout_s)

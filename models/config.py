@@ -42,7 +42,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the rule for impossible shapes."""
-        positive = ("d_model", "n_layers", "n_heads", "max_seq_len", "vocab_multiple_of")
+        positive = ("d_model", "n_layers", "n_heads", "max_seq_len", "vocab_multiple_of",
+                    "ffn_multiple_of", "norm_eps", "rope_theta", "init_std")
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ValueError(f"model.{field}({getattr(self, field)}) must be > 0")

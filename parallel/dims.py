@@ -77,6 +77,12 @@ class ParallelDims:
                              "must be none, full or selective")
         if cfg.ac_every < 1:
             raise ValueError(f"parallel.ac_every({cfg.ac_every}) must be >= 1")
+        if cfg.timeout_s <= 0:
+            raise ValueError(f"parallel.timeout_s({cfg.timeout_s}) must be > 0")
+        if cfg.pp_virtual_stages < 1 or cfg.microbatches < 0:
+            raise ValueError(f"parallel.pp_virtual_stages({cfg.pp_virtual_stages}) must be >= 1 "
+                             f"and parallel.microbatches({cfg.microbatches}) >= 0")
+        _check_schedule(cfg.pp_schedule)
         for name in ("dp_replicate", "cp", "tp", "pp", "ep"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"parallel.{name}({getattr(cfg, name)}) must be >= 1")
@@ -157,11 +163,8 @@ class ParallelDims:
 
     def validate_pipeline(self, cfg: ParallelConfig, *, n_layers: int, microbatches: int) -> None:
         """Schedule, stage count and microbatches of a pipeline (pp > 1)."""
-        from .pipeline import MULTI_STAGE, SCHEDULES
+        from .pipeline import MULTI_STAGE, stage_layers
 
-        if cfg.pp_schedule not in SCHEDULES:
-            raise ValueError(f"parallel.pp_schedule='{cfg.pp_schedule}' is not one of "
-                             f"{sorted(SCHEDULES)}")
         if cfg.pp_schedule not in MULTI_STAGE and cfg.pp_virtual_stages != 1:
             raise ValueError(f"parallel.pp_schedule={cfg.pp_schedule} runs one stage per "
                              f"rank; set parallel.pp_virtual_stages=1 or use interleaved_1f1b")
@@ -169,6 +172,7 @@ class ParallelDims:
         if n_layers < stages:
             raise ValueError(f"n_layers({n_layers}) must be >= pp({self.pp}) * "
                              f"pp_virtual_stages({cfg.pp_virtual_stages}) = {stages} stages")
+        stage_layers(n_layers, stages, cfg.pp_layers_per_stage)  # ValueError if it cannot split
         if microbatches < self.pp:
             raise ValueError(f"parallel.pp({self.pp}) needs at least {self.pp} microbatches "
                              f"per step, got {microbatches}; set trainer.micro_batch_size or "
@@ -191,6 +195,13 @@ class ParallelDims:
                 f"trainer.batch_size({batch_size}) must be divisible by dp({self.dp}) * "
                 f"parallel.microbatches({pp_microbatches}) = {self.dp * pp_microbatches}"
             )
+
+
+def _check_schedule(name: str) -> None:
+    from .pipeline import SCHEDULES
+
+    if name not in SCHEDULES:
+        raise ValueError(f"parallel.pp_schedule='{name}' is not one of {sorted(SCHEDULES)}")
 
 
 def _groups(grid: np.ndarray, axes: list[int]) -> list[list[int]]:

@@ -57,10 +57,11 @@ MASK_FIELDS = ("mask_kind", "prefix_len", "doc_ids")
 def stage_layers(n_layers: int, n_stages: int, layers_per_stage: list[int]) -> list[list[int]]:
     """Layer indices of each stage: ``layers_per_stage`` if given, else balanced by count."""
     if layers_per_stage:
-        if len(layers_per_stage) != n_stages or sum(layers_per_stage) != n_layers:
+        if (len(layers_per_stage) != n_stages or sum(layers_per_stage) != n_layers
+                or min(layers_per_stage) < 1):
             raise ValueError(
                 f"parallel.pp_layers_per_stage {list(layers_per_stage)} must have {n_stages} "
-                f"entries summing to n_layers({n_layers})"
+                f"entries, each >= 1, summing to n_layers({n_layers})"
             )
         bounds = np.cumsum([0, *layers_per_stage])
         return [list(range(bounds[i], bounds[i + 1])) for i in range(n_stages)]

@@ -61,8 +61,10 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | linear | constant
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr({self.lr}) must be > 0")
+        if self.lr <= 0 or self.eps <= 0:
+            raise ValueError(f"optim.lr({self.lr}) and optim.eps({self.eps}) must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay({self.weight_decay}) must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio({self.min_lr_ratio}) must be in [0, 1]")
         if self.warmup_steps < 0:
@@ -104,10 +106,27 @@ class LoggingConfig:
     peak_flops: float = 0.0  # per device; 0: a table for known GPUs, a measurement on CPU
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def validate(self) -> None:
+        if self.peak_flops < 0:
+            raise ValueError(f"logging.peak_flops({self.peak_flops}) must be >= 0")
+        if self.wandb.mode not in ("auto", "online", "offline"):
+            raise ValueError(f"logging.wandb.mode='{self.wandb.mode}' must be auto, online "
+                             "or offline")
+
 
 @dataclass
 class GenerateConfig:
     prompt: str = "def "
     max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 50
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 50  # 0: no top-k cut
+
+    def validate(self) -> None:
+        if not self.prompt:
+            raise ValueError("generate.prompt is empty; give some text to continue, e.g. "
+                             "generate.prompt='def '")
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"generate.max_new_tokens({self.max_new_tokens}) must be > 0")
+        if self.temperature < 0 or self.top_k < 0:
+            raise ValueError(f"generate.temperature({self.temperature}) and "
+                             f"top_k({self.top_k}) must be >= 0")

@@ -71,5 +71,5 @@ def test_pipeline_stages_chained_equal_the_model():
 def test_stage_layers_balanced_or_explicit():
     assert stage_layers(5, 2, []) == [[0, 1, 2], [3, 4]]
     assert stage_layers(4, 2, [1, 3]) == [[0], [1, 2, 3]]
-    with pytest.raises(ValueError, match=r"must have 2 entries summing to n_layers\(4\)"):
+    with pytest.raises(ValueError, match=r"must have 2 entries, each >= 1, summing to n_layers\(4\)"):
         stage_layers(4, 2, [1, 2])

@@ -18,8 +18,24 @@ def test_defaults_and_overrides_compose():
 
 
 @pytest.mark.parametrize("overrides,pattern", [
-    (["trainer.foo=1"], r"Key 'foo' not in 'TrainerConfig'"),
-    (["+trainer.foo=1"], r"Key 'foo' not in 'TrainerConfig'"),
+    (["trainer.foo=1"], r"unknown key trainer.foo; trainer has: batch_size, "),
+    (["+trainer.foo=1"], r"unknown key trainer.foo"),
+    (["checkpoint.Every=3"], r"unknown key checkpoint.Every; did you mean checkpoint.every\?"),
+    (["trainer.deterministic=2"], r"trainer.deterministic=2 must be true or false"),
+    (["model=null"], r"model=null must be one preset name: gpt2_124m, .*tiny"),
+    (["model=[tiny,small]"], r"model=\[tiny,small\] must be one preset name"),
+    (["optim.lr=nan"], r"optim.lr\(nan\) must be a finite number"),
+    (["precision.initial_scale=inf"], r"precision.initial_scale\(inf\) must be a finite"),
+    (["objective.ul2_weights=[nan,1,1]"], r"ul2_weights\(\[nan, 1.0, 1.0\]\) must hold finite"),
+    (["optim.eps=-1"], r"optim.eps\(-1.0\) must be > 0"),
+    (["optim.weight_decay=-0.1"], r"optim.weight_decay\(-0.1\) must be >= 0"),
+    (["model.init_std=-1"], r"model.init_std\(-1.0\) must be > 0"),
+    (["model.ffn_multiple_of=0"], r"model.ffn_multiple_of\(0\) must be > 0"),
+    (["model.rope_theta=0"], r"model.rope_theta\(0.0\) must be > 0"),
+    (["seed=4294967296"], r"seed\(4294967296\) must be in \[0, 2\*\*32\)"),
+    (["generate.temperature=-1"], r"generate.temperature\(-1.0\) and top_k\(50\) must be >= 0"),
+    (["generate.prompt="], r"generate.prompt is empty"),
+    (["logging.wandb.mode=sometimes"], r"logging.wandb.mode='sometimes'"),
     (["trainer.max_steps=abc"], r"'abc' .* could not be converted to Integer"),
     (["model=nope"], r"choose one of .*tiny"),
     (["trainer.batch_size=0"], r"trainer.batch_size\(0\) must be > 0"),
@@ -98,3 +114,42 @@ def test_layout_errors_state_the_arithmetic():
     with pytest.raises(ConfigError, match=r"\* tp\(2\) \* pp\(1\) = 8 != WORLD_SIZE\(4\)"):
         resolve_layout(load_config(["model=tiny", "model.tie_embeddings=false", "parallel.tp=2",
                                     "parallel.dp_shard=4"]), ProcessEnv(world_size=4))
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["parallel.pp_schedule=nope"], r"parallel.pp_schedule='nope' is not one of"),  # pp=1 too
+    (["parallel.timeout_s=0"], r"parallel.timeout_s\(0\) must be > 0"),
+    (["parallel.pp=2", "trainer.micro_batch_size=2", "parallel.pp_layers_per_stage=[5,-1]"],
+     r"pp_layers_per_stage \[5, -1\] must have 2 entries, each >= 1"),
+    (["parallel.pp=2", "trainer.batch_size=1"], r"needs at least 2 microbatches per step"),
+    (["parallel.pp=2", "parallel.dp_shard=2", "trainer.batch_size=1"],
+     r"trainer.batch_size\(1\) must be divisible by dp\(2\)"),  # was a ZeroDivisionError
+])
+def test_layout_values_are_checked_before_any_work(overrides, pattern):
+    from triforge.launcher.env import ProcessEnv
+    from triforge.launcher.train import resolve_layout
+
+    job = load_config(["model=tiny", "model.n_layers=4", *overrides])
+    world = 4 if "parallel.dp_shard=2" in overrides else 2
+    with pytest.raises(ConfigError, match=pattern):
+        resolve_layout(job, ProcessEnv(world_size=world))
+
+
+@pytest.mark.parametrize("environ, pattern", [
+    ({"RANK": "x", "WORLD_SIZE": "2"}, r"RANK='x' must be an integer"),
+    ({"RANK": "", "WORLD_SIZE": "2"}, r"RANK='' must be an integer"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, r"WORLD_SIZE\(0\) must be >= 1"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, r"RANK\(5\) must be < WORLD_SIZE\(2\)"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, r"RANK\(-1\) must be >= 0"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "2"}, r"LOCAL_RANK\(2\) must be <"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "http"}, r"MASTER_PORT='http'"),
+    ({"SLURM_PROCID": "a", "SLURM_NTASKS": "2"}, r"SLURM_PROCID='a' must be an integer"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "[bad"},
+     r"SLURM_NODELIST='\[bad' is not a node list"),
+])
+def test_a_malformed_launcher_environment_is_one_error(environ, pattern):
+    from triforge.launcher.env import EnvError
+
+    with pytest.raises(EnvError, match=pattern) as err:
+        read_env(environ)
+    assert "\n" not in str(err.value)
