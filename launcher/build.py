@@ -196,7 +196,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
         engine=engine, runner=runner, objective=objective,
         loader=loader,
         evaluator=evaluator,
-        checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx),
+        checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx, repair=True),
         throughput=Throughput(
             flops_per_token=flops_per_token(non_emb, job.model.n_layers, job.model.d_model,
                                             job.trainer.seq_len),

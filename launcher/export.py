@@ -80,6 +80,11 @@ def export(args: list[str]) -> Path:
     model = materialize(build_model(job.model, vocab_size=vocab), "cpu", seed=0)
     Checkpointer.load_tensors(path, ModelState(model))
     out = Path(opts.dir) if opts.dir else run_dir / "hf" / path.name
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export.dir={out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConfigError(f"export.dir={out} holds other files; choose a new or empty directory "
+                          "(an earlier export there is replaced)")
     return save_hf(model, out, dtype=opts.dtype, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
 

@@ -95,6 +95,7 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     log = log if ctx.is_main else (lambda *_: None)
     trainer, tokenizer = build_trainer(job, env, ctx, device, log=log)
     trainer.watch = watch = SignalWatch().install()
+    trainer.checkpointer.check_writable()
     resume_from = trainer.checkpointer.find_resume()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

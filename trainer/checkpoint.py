@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from triforge.errors import CheckpointError
 from triforge.parallel.context import ParallelContext
@@ -55,13 +56,33 @@ class Checkpointer:
     barriers between the phases so no rank sees a half-committed checkpoint."""
 
     def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, log=print,
-                 ctx: ParallelContext | None = None):
+                 ctx: ParallelContext | None = None, repair: bool = False):
         self.root = Path(run_dir) / "checkpoints"
         self.cfg = cfg
         self.log = log
         self.ctx = ctx or ParallelContext.single()
         self._pending = None  # a background save: (future, tmp, final, step, start time)
         self._group = None  # the process group of background saves
+        # Training repairs what a resume found (moves rejected checkpoints aside); tools that
+        # only read checkpoints (export, generate) leave the directory as it is.
+        self.repair = repair
+
+    def check_writable(self) -> None:
+        """Fail before training, not at the first save, when checkpoints cannot be written
+        (``checkpoints`` is a file, or the directory is read-only). The main rank checks
+        and every rank stops with its message."""
+        if self.cfg.every or self.cfg.save_at_end:
+            self._decide_on_main(self._probe_writable)
+
+    def _probe_writable(self) -> None:
+        probe = self.root / ".write-test"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoints into {self.root} ({exc.strerror}); "
+                                  "fix its permissions or choose another run.dir") from None
 
     def should_save(self, step: int) -> bool:
         return self.cfg.every > 0 and step % self.cfg.every == 0
@@ -270,7 +291,8 @@ class Checkpointer:
         for i, path in enumerate(candidates):
             fault = manifest.check(path)
             if fault is None:
-                self._move_aside(candidates[:i])
+                if self.repair:
+                    self._move_aside(candidates[:i])
                 return path
             faults.append(f"{path.name} {fault}")
             then = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
@@ -299,13 +321,17 @@ class Checkpointer:
         that the checkpoint's tensors fit the model, on every rank, before any is loaded."""
         try:
             state = json.loads((path / STATE_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path / STATE_FILE} is unreadable ({exc})") from None
         self._check_fits(path, tensor_state)
         for name, obj in json_state.items():
-            if name not in state:
+            if not isinstance(state, dict) or name not in state:
                 raise CheckpointError(f"{path} has no '{name}' state; it is not a triforge checkpoint")
-            obj.load_state_dict(state[name])
+            try:
+                obj.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{path / STATE_FILE} has a malformed '{name}' entry "
+                                      f"({type(exc).__name__}: {exc})") from None
         self._load_rank_state(path, rank_state or {})
         self.load_tensors(path, tensor_state)
 
@@ -340,9 +366,13 @@ class Checkpointer:
                 self.log(f"[warn] {path.name} was saved by {saved_ranks} ranks, this run has "
                          f"{self.ctx.dims.world_size}: RNG streams stay as seeded")
             return
-        saved = json.loads(own.read_text())
-        for name, obj in rank_state.items():
-            obj.load_state_dict(saved[name])
+        try:
+            saved = json.loads(own.read_text())
+            for name, obj in rank_state.items():
+                obj.load_state_dict(saved[name])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{own} is unreadable ({type(exc).__name__}: {exc}); the "
+                                  "checkpoint is damaged, resume from another one") from None
 
     @staticmethod
     def load_tensors(path: Path, tensor_state) -> None:
@@ -350,7 +380,7 @@ class Checkpointer:
         try:
             with _single_process_ok():
                 dcp.load({"app": tensor_state}, checkpoint_id=str(path / TENSORS))
-        except Exception as exc:  # DCP raises many types; its first line names the problem
+        except (Exception, CheckpointException) as exc:  # the latter is a BaseException
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"cannot load {path / TENSORS}: {first}") from exc
 

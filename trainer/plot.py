@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from triforge.errors import DataError
@@ -14,14 +15,26 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise DataError(f"{path} not found; is {run_dir} a triforge run directory?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     by_step: dict[int, dict] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"{path}:{n} is not valid JSON") from None
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+            raise DataError(f"{path}:{n} is not a metrics record (an object with an integer "
+                            "step)")
+        for key in ("loss", "val_loss"):  # NaN/inf and non-numbers are not plotted
+            value = record.get(key)
+            if value is not None and not (isinstance(value, int | float)
+                                          and math.isfinite(value)):
+                record[key] = None
         by_step[record["step"]] = {**by_step.get(record["step"], {}), **record}
     return [by_step[s] for s in sorted(by_step)]
 

@@ -153,6 +153,20 @@ def test_export_step_that_does_not_exist_names_the_steps(exported, tmp_path, dat
         f"error: export.step=4: no step_4 in {run_dir}/checkpoints (it has steps [6])\n")
 
 
+def test_export_never_overwrites_what_is_not_an_export(exported, tmp_path, data_overrides,
+                                                       capsys):
+    trainer, hf_dir = exported(False)
+    run_dir = hf_dir.parent / "run"
+    (tmp_path / "notes.txt").write_text("mine")
+    for out, fault in ((tmp_path / "notes.txt", "is a file"), (tmp_path, "holds other files")):
+        assert triforge_main(["export", f"run.dir={run_dir}", f"export.dir={out}",
+                              *data_overrides]) == 2
+        err = capsys.readouterr().err
+        assert fault in err and err.count("\n") == 1, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    export_cli(run_dir, hf_dir, data_overrides)  # an earlier export is replaced
+
+
 # Head-sharded DTensors and pipeline stages (each rank loads a subset of the parameters);
 # fsdp2 shards with DTensors as tp2 does and passes too, but costs another ~15 s.
 LAYOUTS = {"tp2": ["parallel.tp=2"], "pp2": ["parallel.pp=2", "trainer.micro_batch_size=2"]}

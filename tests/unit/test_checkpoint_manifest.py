@@ -22,13 +22,14 @@ SHARD = "tensors/__0_0.distcp"
 class Run:
     """A tiny model, its optimizer and a Checkpointer over ``run_dir``; logs are collected."""
 
-    def __init__(self, run_dir, **cfg):
+    def __init__(self, run_dir, repair=True, **cfg):
         torch.manual_seed(0)
         self.model = nn.Linear(8, 8)
         self.opt = torch.optim.AdamW(self.model.parameters())
         self.train = TrainState()
         self.logs: list[str] = []
-        self.ckpt = Checkpointer(run_dir, CheckpointConfig(**cfg), log=self.logs.append)
+        self.ckpt = Checkpointer(run_dir, CheckpointConfig(**cfg), log=self.logs.append,
+                                 repair=repair)
 
     def save(self, step: int):
         self.train.step = step
@@ -174,6 +175,9 @@ def test_a_rejected_checkpoint_no_longer_counts_as_saved(tmp_path):
     fresh.save(12)
     assert manifest.check(tmp_path / "checkpoints" / "step_12") is None
     assert Run(tmp_path).resume() == 12
+    flip_byte(tmp_path / "checkpoints" / "step_12" / SHARD)
+    reader = Run(tmp_path, repair=False)  # export and generate only read
+    assert reader.resume() == 8 and reader.ckpt.complete_steps() == [4, 8, 12]
 
 
 def test_manifest_entries_stay_inside_the_checkpoint(tmp_path):
@@ -257,3 +261,37 @@ def test_an_unknown_manifest_format_is_refused(tmp_path):
     (path / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="has manifest format 2 but this triforge reads"):
         manifest.verify(path)
+
+
+@pytest.mark.parametrize("pointer", ["bytes", "directory"])
+def test_an_unreadable_latest_pointer_is_a_warning_not_a_traceback(tmp_path, pointer):
+    run = Run(tmp_path)
+    for step in (4, 8):
+        run.save(step)
+    latest = tmp_path / "checkpoints" / "latest"
+    latest.unlink()
+    if pointer == "bytes":
+        latest.write_bytes(b"\xff\xfe\x00step")
+    else:
+        latest.mkdir()
+    fresh = Run(tmp_path)
+    assert fresh.resume() == 8
+    assert "is missing or unreadable" in fresh.warnings()[0]
+
+
+def test_damaged_state_files_are_one_line_errors(tmp_path):
+    """state.json or a rank's RNG file that parses but does not fit (re-hashed, so the
+    manifest passes): a CheckpointError naming the file, not a KeyError."""
+    run = Run(tmp_path)
+    path = run.save(2)
+    (path / "state.json").write_text(json.dumps({"train": {"step": "two"}}))
+    manifest.write_manifest(path)
+    with pytest.raises(CheckpointError, match=r"state.json has a malformed 'train' entry") as err:
+        Run(tmp_path).resume()
+    assert "\n" not in str(err.value)
+
+
+def test_unwritable_checkpoints_fail_before_training(tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where checkpoints go")
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoints into .*checkpoints"):
+        Run(tmp_path).ckpt.check_writable()

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -113,3 +114,49 @@ def test_loader_windows_overlap_by_one_token_and_doc_ids(small_dataset):
     assert w.shape == (2, 17) and w[0, 16] == w[1, 0]
     docs = loader.doc_ids(np.array([0]))
     assert docs[0, 0] == 0 and (docs[0].diff() >= 0).all()
+
+
+def _rewrite_index(root, change):
+    index = json.loads((root / "index.json").read_text())
+    change(index)
+    (root / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("damage, fault", [
+    (lambda i: i.pop("splits"), "has no train split"),
+    (lambda i: i.__setitem__("splits", {"train": {"num_tokens": "many"}}), "malformed 'train'"),
+    (lambda i: i.__setitem__("dtype", "float64"), "has dtype 'float64'"),
+    (lambda i: i.pop("eos_id"), "has no integer eos_id"),
+    (lambda i: i.__setitem__("tokenizer", "byte"), "has no tokenizer entry"),
+    (lambda i: i.__setitem__("dtype", "uint32"), r"train.bin has \d+ bytes but index.json expects \d+"),
+])
+def test_damaged_index_fields_are_named(tmp_path, damage, fault):
+    """Fields missing, mistyped or changed (a dtype edit would train on garbage): one
+    DataError naming the file and the fault, never a KeyError or TypeError."""
+    root = write_dataset(tmp_path / "ds", ["hello", "world"] * 3, ByteTokenizer(), val_every=3,
+                         fingerprint="x")
+    _rewrite_index(root, damage)
+    with pytest.raises(DataError, match=fault) as err:
+        Dataset(root, verify_checksums=True).split("train")
+    assert "\n" not in str(err.value) and "triforge-prepare" in str(err.value)
+
+
+def test_token_ids_outside_the_vocabulary_are_found_at_open(tmp_path):
+    root = write_dataset(tmp_path / "ds", ["hello", "world"] * 3, ByteTokenizer(), val_every=3,
+                         fingerprint="x")
+    tokens = np.fromfile(root / "train.bin", dtype=np.uint16)
+    tokens[3] = 60000
+    tokens.tofile(root / "train.bin")
+    _rewrite_index(root, lambda i: i["splits"]["train"].__setitem__(
+        "sha256", hashlib.sha256(tokens.data).hexdigest()))
+    with pytest.raises(DataError, match=r"holds token id 60000, outside the tokenizer's"):
+        Dataset(root, verify_checksums=True).split("train")
+
+
+def test_a_garbage_tokenizer_file_is_named(tmp_path, corpus_dir):
+    tok = BPETokenizer.train([p.read_text() for p in corpus_dir.iterdir()], vocab_size=300)
+    root = write_dataset(tmp_path / "ds", ["hello"] * 3, tok, val_every=3, fingerprint="x")
+    (root / "tokenizer.json").write_text("{not a tokenizer")
+    with pytest.raises(DataError, match=r"tokenizer.json is not a tokenizer file") as err:
+        Dataset(root)
+    assert "\n" not in str(err.value)

@@ -30,12 +30,16 @@ FORMAT = "triforge-shards/1"
 SPLITS = ("train", "val")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256_and_max(path: Path, dtype: np.dtype) -> tuple[str, int]:
+    """The file's sha256 and its largest token id, in one pass."""
+    h, largest = hashlib.sha256(), -1
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()
+            if len(chunk) >= dtype.itemsize:
+                whole = len(chunk) - len(chunk) % dtype.itemsize
+                largest = max(largest, int(np.frombuffer(chunk[:whole], dtype=dtype).max()))
+    return h.hexdigest(), largest
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -51,7 +55,7 @@ def _write_split(out: Path, split: str, docs: list[np.ndarray], dtype: np.dtype)
     return {
         "num_tokens": int(tokens.size),
         "num_docs": len(docs),
-        "sha256": _sha256(out / f"{split}.bin"),
+        "sha256": hashlib.sha256(tokens.data).hexdigest(),  # the bytes just written
     }
 
 
@@ -141,8 +145,14 @@ class Dataset:
             raise DataError(f"{self.root}/index.json has no '{name}' split; rebuild the dataset")
         path = self.root / f"{name}.bin"
         _check_file(path, meta["num_tokens"] * self.dtype.itemsize, self.root)
-        if self._verify and _sha256(path) != meta["sha256"]:
-            raise DataError(f"{path} does not match its checksum in index.json; {_fix(self.root)}")
+        if self._verify:
+            digest, largest = _sha256_and_max(path, self.dtype)
+            if digest != meta["sha256"]:
+                raise DataError(f"{path} does not match its checksum in index.json; "
+                                f"{_fix(self.root)}")
+            if largest >= self.tokenizer.vocab_size:
+                raise DataError(f"{path} holds token id {largest}, outside the tokenizer's "
+                                f"vocabulary of {self.tokenizer.vocab_size}; {_fix(self.root)}")
         tokens = np.memmap(path, dtype=self.dtype, mode="r") if meta["num_tokens"] else None
         docs_path = self.root / f"{name}.docs.npy"
         try:
@@ -178,4 +188,25 @@ def _read_index(root: Path) -> dict:
         raise DataError(f"{path} is not valid JSON ({exc}); {_fix(root)}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataError(f"{path} is not a {FORMAT} index; {_fix(root)}")
+    fault = _index_fault(index)
+    if fault:
+        raise DataError(f"{path} {fault}; {_fix(root)}")
     return index
+
+
+def _index_fault(index: dict) -> str | None:
+    """What is wrong with the fields of an index, as a phrase, or None."""
+    if not isinstance(index.get("tokenizer"), dict):
+        return "has no tokenizer entry"
+    if index.get("dtype") not in ("uint16", "uint32"):
+        return f"has dtype {index.get('dtype')!r}, not uint16 or uint32"
+    if not isinstance(index.get("eos_id"), int):
+        return "has no integer eos_id"
+    splits = index.get("splits")
+    if not isinstance(splits, dict) or "train" not in splits:
+        return "has no train split"
+    for name, meta in splits.items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("num_tokens"), int)
+                and meta["num_tokens"] >= 0 and isinstance(meta.get("sha256"), str)):
+            return f"has a malformed '{name}' split (num_tokens, sha256)"
+    return None

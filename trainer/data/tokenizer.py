@@ -103,5 +103,9 @@ def load_tokenizer(dataset_dir: Path, description: dict) -> Tokenizer:
         path = Path(dataset_dir) / TOKENIZER_FILE
         if not path.is_file():
             raise DataError(f"{path} is missing; rebuild the dataset with triforge-prepare")
-        return BPETokenizer.load(path)
+        try:
+            return BPETokenizer.load(path)
+        except Exception as exc:  # the tokenizers library raises its own kinds
+            raise DataError(f"{path} is not a tokenizer file ({str(exc).splitlines()[0]}); "
+                            "rebuild the dataset with triforge-prepare") from None
     raise DataError(f"unknown tokenizer {json.dumps(description)} in {dataset_dir}/index.json")
