@@ -22,6 +22,7 @@ from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import device_peak_flops, flops_per_token
+from triforge.trainer.layer_drop import LayerDrop
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
 from triforge.trainer.loss_scale import LossScaler
 from triforge.trainer.numerics import NonfiniteInjector, StepGuard, attach_debug_aux_loss
@@ -209,6 +210,9 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                         loss_scaling=precision.loss_scaling),
         injector=NonfiniteInjector(job.debug, ctx.rank), ctx=ctx, message=log,
     )
+    if job.layer_drop.enabled:
+        LayerDrop(job.layer_drop, seed=job.seed, n_layers=job.model.n_layers, parts=parts,
+                  ctx=ctx).install(trainer.hooks)
     return trainer, dataset.tokenizer
 
 

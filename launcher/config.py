@@ -30,6 +30,7 @@ from triforge.trainer.config import (
     TrainerConfig,
 )
 from triforge.trainer.data.config import DataConfig
+from triforge.trainer.layer_drop import LayerDropConfig
 from triforge.trainer.numerics import DebugConfig
 from triforge.trainer.objectives import ObjectiveConfig
 from triforge.trainer.precision import PrecisionConfig
@@ -63,6 +64,7 @@ class JobConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    layer_drop: LayerDropConfig = field(default_factory=LayerDropConfig)
 
 
 def _register() -> None:
@@ -84,6 +86,7 @@ def validate(job: JobConfig) -> None:
     job.precision.validate()
     job.debug.validate()
     job.generate.validate()
+    job.layer_drop.validate()
     job.logging.validate()
     if not 0 <= job.seed < 2**32:
         raise ValueError(f"seed({job.seed}) must be in [0, 2**32): NumPy seeds are 32-bit")

@@ -20,6 +20,8 @@ class StepHooks:
     # step, whose parameters and optimizer state stay untouched)
     before_optimizer_step: list[Callable[[int], None]] = field(default_factory=list)
     after_optimizer_step: list[Callable[[int], None]] = field(default_factory=list)
+    # the step is over (applied or skipped), before evaluation and logging
+    step_end: list[Callable[[int], None]] = field(default_factory=list)
     # a logged step's metrics, before the sinks see them: a hook may add entries
     at_log: list[Callable[[int, dict], None]] = field(default_factory=list)
 

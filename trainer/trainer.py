@@ -148,6 +148,7 @@ class Trainer:
         loss = loss.item()  # one host sync per step: the verdict needs it on the host anyway
         verdict = self.guard.check(step, local_loss, grad_norm, loss)
         self._update(step, verdict, grad_norm)
+        self.hooks.run("step_end", step)
         tokens = self.cfg.batch_size * self.cfg.seq_len
         self.state.step = step
         self.state.tokens_seen += tokens

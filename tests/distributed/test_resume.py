@@ -11,6 +11,9 @@ from tests.helpers.runs import COMMON, run_layout
 LAYOUTS = {
     "fsdp2": (2, ["parallel.dp_shard=2"]),
     "fsdp2_async_save": (2, ["parallel.dp_shard=2", "checkpoint.async_save=true"]),
+    # decisions are a function of (seed, step, layer): the resumed run draws the same ones
+    "fsdp2_layer_drop": (2, ["parallel.dp_shard=2", "layer_drop.enabled=true",
+                             "layer_drop.theta=0.3", "layer_drop.gamma=0.5"]),
     "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
                     "parallel.pp_virtual_stages=2"]),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.runs import COMMON, LAYOUTS, RTOL, assert_same_run, run_layout
+from tests.helpers.runs import COMMON, LAYOUTS, RTOL, STEPS, assert_same_run, run_layout
+from triforge.trainer.layer_drop import LayerDropConfig, decisions
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,30 @@ def test_tied_embeddings_match_single_process(layout, tied_baseline, baseline, t
     nproc, overrides = LAYOUTS[layout]
     records = run_layout(tmp_path / layout, nproc, overrides, data_overrides, TIED)
     assert_same_run(f"{layout}+tied", records, tied_baseline)
+
+
+# Progressive layer dropping, decayed fast so that blocks drop from step 2 on: every rank
+# draws the same decisions, so FSDP's collectives, tensor-parallel blocks and pipeline stages
+# (a stage whose blocks are all dropped passes its input on) stay in step.
+LAYER_DROP = ["layer_drop.enabled=true", "layer_drop.theta=0.3", "layer_drop.gamma=0.5",
+              "layer_drop.check_agreement=true"]
+LAYER_DROP_LAYOUTS = ["fsdp2", "tp2", "pp2_1f1b", "pp2_interleaved_1f1b", "dp2_tp2"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("layout", [
+    pytest.param(n, marks=pytest.mark.slow) if LAYOUTS[n][0] > 2 else n
+    for n in LAYER_DROP_LAYOUTS
+])
+def test_layer_dropping_matches_single_process(layout, single_process, tmp_path,
+                                               data_overrides):
+    reference = single_process(LAYER_DROP)
+    kept = [r["layers_kept"] for r in reference]
+    assert kept[0] == 4 and min(kept) < 3, kept  # blocks really were dropped
+    cfg = LayerDropConfig(enabled=True, theta=0.3, gamma=0.5)
+    assert any(not d[2] and not d[3] for d in (decisions(1234, s, 4, cfg) for s in
+                                               range(1, STEPS + 1)))  # pp2's last stage empty
+    nproc, overrides = LAYOUTS[layout]
+    records = run_layout(tmp_path / layout, nproc, [*overrides, *LAYER_DROP], data_overrides)
+    assert [r["layers_kept"] for r in records] == kept
+    assert_same_run(f"{layout}+layer_drop", records, reference)
