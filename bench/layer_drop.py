@@ -2,14 +2,15 @@
 equal wall-clock time, against the same run without dropping.
 
 Both runs train the same model (preset, seed, data, batch, schedule) in one process; their
-steps alternate so machine noise hits both alike. The dropping run then continues until it
-has used the wall-clock time the other needed for its steps. Prints, per objective:
+steps alternate so machine noise hits both alike. The dropping run then continues for the
+steps it would make in the same wall-clock time. Prints, per objective:
 
 - expected skipped fraction of block compute, sum_t sum_l (1 - p_l(t)) / (T * L), and the
   fraction the run actually skipped;
 - the median step-time ratio (dropping / not) and time saved relative to compute skipped
   (target >= 0.8: a dropped block really costs nothing);
-- validation loss of both after T steps, and of the dropping run after the same time.
+- validation loss of both after T steps, and of the dropping run after the same time (the
+  steps it makes in the time the other needs for T, from the median step-time ratio).
 
     python bench/layer_drop.py [hydra overrides, e.g. model=tiny] [--steps 60]
                                [--objectives clm mlm]
@@ -73,17 +74,19 @@ def compare(objective: str, steps: int, extra: list[str]) -> None:
             times_a.append(timed_step(plain))
             times_b.append(timed_step(drop))
         same_steps = val_loss(plain), val_loss(drop)
-        spent, extra_steps = sum(times_b), 0
-        while spent < sum(times_a):
-            spent += timed_step(drop)
-            extra_steps += 1
+        # Equal time from the median step times (robust to a burst of load on the machine):
+        # the steps the dropping run makes while the other makes ``steps``.
+        warm = slice(3, None)  # the first steps pay for allocation and caches
+        ratio = statistics.median(b / a for a, b in zip(times_a[warm], times_b[warm],
+                                                        strict=True))
+        extra_steps = round(steps / ratio) - steps
+        for _ in range(extra_steps):
+            timed_step(drop)
         same_time = val_loss(drop)
     n = job_b.model.n_layers
     expected = sum(1 - keep_probability(layer, n, theta_at(t, job_b.layer_drop))
                    for t in range(steps) for layer in range(n)) / (steps * n)
     skipped = _skipped_fraction(job_b, steps)
-    warm = slice(3, None)  # the first steps pay for allocation and caches
-    ratio = statistics.median(b / a for a, b in zip(times_a[warm], times_b[warm], strict=True))
     print(f"{objective}: {steps} steps, {job_b.model.name} model, theta_bar "
           f"{job_b.layer_drop.theta}, gamma {job_b.layer_drop.gamma}")
     print(f"  block compute skipped: expected {expected:.3f}, drawn {skipped:.3f}")
