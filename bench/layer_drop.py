@@ -29,7 +29,7 @@ from triforge.launcher.build import build_trainer, pick_device
 from triforge.launcher.config import load_config
 from triforge.launcher.env import ProcessEnv
 from triforge.parallel.context import ParallelContext
-from triforge.trainer.layer_drop import keep_probability, theta_at
+from triforge.trainer.layer_drop import decisions, keep_probability, theta_at
 
 DROP = ["layer_drop.enabled=true", "layer_drop.theta=0.5", "layer_drop.gamma=0.05"]
 
@@ -111,8 +111,6 @@ def compare(objective: str, steps: int, extra: list[str]) -> None:
 
 def _skipped_fraction(job, steps: int) -> float:
     """The fraction of block forwards the decisions of steps 1..T actually skipped."""
-    from triforge.trainer.layer_drop import decisions
-
     n = job.model.n_layers
     drawn = [decisions(job.seed, s, n, job.layer_drop) for s in range(1, steps + 1)]
     return sum(not k for d in drawn for k in d) / (steps * n)

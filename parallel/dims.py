@@ -145,7 +145,8 @@ class ParallelDims:
         groups = {name: _groups(grid, [i]) for i, name in enumerate(MESH_DIMS)}
         for role, dims in ROLE_DIMS.items():
             groups[role] = _groups(grid, [MESH_DIMS.index(d) for d in dims])
-        groups["dp_shard"] = _groups(grid, [2, 3])
+        groups["dp_shard"] = _groups(grid, [MESH_DIMS.index("dp_shard_out_ep"),
+                                            MESH_DIMS.index("dp_shard_in_ep")])
         return groups
 
     def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int) -> None:

@@ -18,14 +18,7 @@ from triforge.parallel.pipeline import (
 )
 
 from .objectives import Batch
-from .runner import (
-    LossFunction,
-    StepLoss,
-    aux_loss_scale,
-    global_loss_scale,
-    set_aux_loss_scale,
-    step_loss,
-)
+from .runner import LossFunction, StepLoss, start_step, step_loss
 
 
 class PipelineRunner:
@@ -78,8 +71,8 @@ class PipelineRunner:
 
     def forward_backward(self, objective: LossFunction, batch: Batch, *, ctx: ParallelContext,
                          device: torch.device, loss_scale: float = 1.0) -> StepLoss:
-        n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
-        set_aux_loss_scale(self.parts, aux_loss_scale(loss_scale, self.microbatches))
+        n_targets, scale = start_step(self.parts, batch, ctx, device, loss_scale=loss_scale,
+                                      microbatches=self.microbatches)
         total = self._run(objective, batch.to(device), ctx, scale, train=True)
         return step_loss(total, n_targets, ctx)
 

@@ -86,6 +86,14 @@ def set_aux_loss_scale(parts: list[nn.Module], scale: float) -> None:
             controls.aux_loss_scale = scale
 
 
+def start_step(parts: list[nn.Module], batch: Batch, ctx: ParallelContext, device, *,
+               loss_scale: float, microbatches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every runner does before its passes: give the blocks of ``parts`` the step's
+    auxiliary-loss factor and return ``global_loss_scale``'s (target count, factor)."""
+    set_aux_loss_scale(parts, aux_loss_scale(loss_scale, microbatches))
+    return global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
+
+
 def step_loss(total: torch.Tensor, n_targets: torch.Tensor, ctx: ParallelContext) -> StepLoss:
     """The ``StepLoss`` of a rank whose summed loss this step is ``total``."""
     return StepLoss(ctx.all_reduce_loss(total.clone()) / n_targets, total)

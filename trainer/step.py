@@ -11,14 +11,7 @@ from torch import nn
 from triforge.parallel.context import ParallelContext, to_local_value
 
 from .objectives import Batch
-from .runner import (
-    LossFunction,
-    StepLoss,
-    aux_loss_scale,
-    global_loss_scale,
-    set_aux_loss_scale,
-    step_loss,
-)
+from .runner import LossFunction, StepLoss, start_step, step_loss
 
 
 class DirectRunner:
@@ -37,8 +30,8 @@ class DirectRunner:
         """Each microbatch's summed loss is divided by the target count of the whole global
         batch (``global_loss_scale``), so the gradient is that of the global mean however
         targets fall into ranks and microbatches."""
-        n_targets, scale = global_loss_scale(batch, ctx, device, loss_scale=loss_scale)
-        set_aux_loss_scale([self.model], aux_loss_scale(loss_scale, self.microbatches))
+        n_targets, scale = start_step([self.model], batch, ctx, device, loss_scale=loss_scale,
+                                      microbatches=self.microbatches)
         total = torch.zeros((), device=device)
         micros = batch.split(self.microbatches)
         with ctx.loss_context():

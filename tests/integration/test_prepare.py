@@ -60,3 +60,5 @@ def test_prepare_refuses_to_replace_what_is_not_a_dataset(tmp_path, corpus_dir, 
     assert (mine / "thesis.tex").read_text() == "years of work" and work.is_dir()
     assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0
     assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0  # a dataset: replaced
+    (tmp_path / "ds" / "index.json").write_text("{damaged")  # the rebuild its errors suggest
+    assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0

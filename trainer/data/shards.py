@@ -69,16 +69,20 @@ def check_replaceable(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"data.dir={out_dir} is a file; choose a new directory for the dataset")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_dataset(out_dir):
-        raise DataError(f"data.dir={out_dir} holds files that are not a triforge dataset (no "
-                        "index.json of ours); choose an empty or new directory (nothing was "
-                        "changed)")
+        raise DataError(f"data.dir={out_dir} holds files that are not a triforge dataset's "
+                        f"(only {', '.join(sorted(_BUILD_FILES))}); choose an empty or new "
+                        "directory (nothing was changed)")
+
+
+_BUILD_FILES = {"index.json", "tokenizer.json",
+                *(f"{split}{ext}" for split in ("train", "val") for ext in (".bin", ".docs.npy"))}
 
 
 def _is_dataset(root: Path) -> bool:
-    try:
-        return json.loads((root / "index.json").read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Only files a build writes, index.json and train.bin among them: a dataset, even one
+    whose index is damaged (rebuilding it is the fix its errors name)."""
+    names = {p.name for p in root.iterdir()}
+    return {"index.json", "train.bin"} <= names <= _BUILD_FILES
 
 
 def write_dataset(
