@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from triforge.errors import ConfigError
+from triforge.errors import ConfigError, TriforgeError
 from triforge.models import build_model, materialize
 from triforge.models.hf import check_hf_dir, read_hf_state_dict
 from triforge.parallel.context import ParallelContext
@@ -54,9 +54,18 @@ def seed_everything(seed: int) -> None:
 
 def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     """(dataset, train loader, validation loader or None). The main rank builds a missing
-    dataset while the others wait, so ranks never race on the cache."""
-    dataset = open_dataset(job.data, build_if_missing=True, log=log) if ctx.is_main else None
-    ctx.barrier()
+    dataset while the others wait, so ranks never race on the cache; a problem with the data
+    it finds is raised on every rank, so all of them exit with its one line (status 2)
+    rather than the others failing on a closed connection."""
+    dataset, problem = None, None
+    if ctx.is_main:
+        try:
+            dataset = open_dataset(job.data, build_if_missing=True, log=log)
+        except TriforgeError as exc:
+            problem = exc
+    problem = ctx.broadcast_from_main(problem)  # the others wait here while it builds
+    if problem is not None:
+        raise problem
     if dataset is None:  # opened once per rank: checksum verification is not repeated
         dataset = open_dataset(job.data, build_if_missing=False, log=log)
     seq = job.trainer.seq_len

@@ -4,6 +4,9 @@ line: each was a traceback (or a 7 TiB allocation) before."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,21 @@ def test_a_damaged_rank_file_is_a_checkpoint_error(tmp_path, data_overrides):
     with pytest.raises(CheckpointError, match=r"rank_0.json is unreadable") as err:
         train(job, log=lambda *_: None, env=ProcessEnv())
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.distributed
+def test_bad_data_found_by_the_main_rank_ends_every_rank_with_its_line(tmp_path,
+                                                                      data_overrides):
+    """The main rank opens the data while the others wait; its finding must reach them, not
+    a closed connection. triforge's torchrun then exits with the workers' status, 2."""
+    missing = tmp_path / "no-such-corpus"
+    cmd = [sys.executable, "-m", "triforge.launcher.torchrun", "--standalone",
+           "--nproc-per-node=2", "-m", "triforge.launcher.train", *BASE, *data_overrides,
+           f"data.paths=[{missing}]", f"run.dir={tmp_path / 'run'}", "parallel.dp_shard=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all(str(missing) in line for line in errors), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "torchrun: workers exited (rank 0: 2, rank 1: 2); exiting 2" in proc.stderr
