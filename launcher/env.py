@@ -85,7 +85,10 @@ def read_env(environ: dict | None = None) -> ProcessEnv:
         _layout(rank, world, local, ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
         return ProcessEnv(
             rank=rank, world_size=world, local_rank=local,
-            master_addr=first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1")),
+            # The batch script exports the address Slurm has for the first node; without
+            # it, the first host name of the node list.
+            master_addr=env.get("MASTER_ADDR")
+            or first_slurm_host(env.get("SLURM_NODELIST", "127.0.0.1")),
             master_port=_int(env, "MASTER_PORT", 29500, low=1), source="slurm", **common,
         )
     return ProcessEnv(**common)

@@ -52,8 +52,9 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
 
 def check_run_dir(run_dir: str) -> Path:
     """``run.dir`` as a path, if it is one triforge may write into: new, empty, or a run
-    (metrics.jsonl, checkpoints/ or a config.yaml of ours). Anything else would have its
-    config.yaml and loss.png silently replaced."""
+    (metrics.jsonl, checkpoints/, a config.yaml of ours, or the slurm/ folder triforge-submit
+    writes before the job starts). Anything else would have its config.yaml and loss.png
+    silently replaced."""
     if not run_dir.strip():
         raise ConfigError("config: run.dir is empty; name a directory for the run's files, "
                           "e.g. run.dir=runs/my-run")
@@ -69,6 +70,8 @@ def check_run_dir(run_dir: str) -> Path:
 
 def _is_run(path: Path) -> bool:
     if (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+        return True
+    if (path / "slurm" / "job.sbatch").is_file():  # submitted by triforge-submit, not yet run
         return True
     try:
         config = yaml.safe_load((path / "config.yaml").read_text())

@@ -12,6 +12,8 @@ COMMANDS = {
     "plot": "triforge.launcher.plot",
     "layout": "triforge.launcher.layout",
     "export": "triforge.launcher.export",
+    "submit": "triforge.slurm.submit",
+    "status": "triforge.slurm.status",
 }
 
 
