@@ -25,6 +25,7 @@ from triforge.trainer.flops import device_peak_flops, flops_per_token
 from triforge.trainer.layer_drop import LayerDrop
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
 from triforge.trainer.loss_scale import LossScaler
+from triforge.trainer.moe_balance import ExpertBalance
 from triforge.trainer.numerics import NonfiniteInjector, StepGuard, attach_debug_aux_loss
 from triforge.trainer.objectives import build_objective
 from triforge.trainer.optim import Optimizers
@@ -190,9 +191,11 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     engine.attach(parts, Optimizers(parts, job.optim))
     apply_init_from_hf(job, parts, vocab, ctx, log=log)
     attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
-    non_emb = job.model.num_params(vocab, embedding=False)
+    non_emb = job.model.num_params(vocab, embedding=False, active=True)  # MFU: active only
     peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
-    log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters, "
+    active = (f" ({job.model.num_params(vocab, active=True) / 1e6:.2f}M active)"
+              if job.model.moe.enabled else "")
+    log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters{active}, "
         f"vocab {vocab}, on {device} x {dims.world_size}; "
         f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
     run_dir = Path(job.run.dir)
@@ -219,6 +222,12 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                         loss_scaling=precision.loss_scaling),
         injector=NonfiniteInjector(job.debug, ctx.rank), ctx=ctx, message=log,
     )
+    if job.model.moe.enabled:
+        moe = job.model.moe
+        ExpertBalance(parts, ctx, device, bias_rate=moe.router.bias_update_rate,
+                      moe_layer_ids=[i for i in range(job.model.n_layers) if moe.is_moe_layer(i)],
+                      num_experts=moe.num_experts,
+                      microbatches=runner.microbatches).install(trainer.hooks)
     if job.layer_drop.enabled:
         LayerDrop(job.layer_drop, seed=job.seed, n_layers=job.model.n_layers, parts=parts,
                   ctx=ctx).install(trainer.hooks)

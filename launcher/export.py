@@ -64,6 +64,10 @@ def export(args: list[str]) -> Path:
     overrides = [*overrides, f"checkpoint.resume={chosen}"]
     saved = run_dir / "config.yaml"
     job = load_run_config(saved, overrides) if saved.is_file() else load_config(overrides)
+    if job.model.moe.enabled:
+        raise ConfigError(f"export: model {job.model.name} has mixture-of-experts layers; "
+                          "export writes Llama-format directories, which have none (Mixtral "
+                          "export is not written yet)")
     if job.objective.name != "clm":
         raise ConfigError(f"export: objective.name={job.objective.name} trains with non-causal "
                           "attention masks, but LlamaForCausalLM is causal and would compute "

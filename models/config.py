@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .moe.config import MoEConfig
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02
+    moe: MoEConfig = field(default_factory=MoEConfig)  # num_experts=0: dense
 
     @property
     def kv_heads(self) -> int:
@@ -44,9 +47,9 @@ class ModelConfig:
         """Raise ValueError naming the field and the rule for impossible shapes."""
         positive = ("d_model", "n_layers", "n_heads", "max_seq_len", "vocab_multiple_of",
                     "ffn_multiple_of", "norm_eps", "rope_theta", "init_std")
-        for field in positive:
-            if getattr(self, field) <= 0:
-                raise ValueError(f"model.{field}({getattr(self, field)}) must be > 0")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name}({getattr(self, name)}) must be > 0")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.n_heads({self.n_heads}) must divide model.d_model({self.d_model})"
@@ -59,6 +62,12 @@ class ModelConfig:
             )
         if self.vocab_size < 0 or self.n_kv_heads < 0 or self.ffn_hidden < 0:
             raise ValueError("model.vocab_size, n_kv_heads and ffn_hidden must be >= 0")
+        self.moe.validate(n_layers=self.n_layers)
+        hidden = self.moe.expert_hidden or self.hidden_dim
+        if self.moe.enabled and self.moe.grouped_mm and (self.d_model % 8 or hidden % 8):
+            raise ValueError(f"model.moe.grouped_mm needs model.d_model({self.d_model}) and "
+                             f"the expert hidden size({hidden}) to be multiples of 8 (16-byte "
+                             "rows); change them or set model.moe.grouped_mm=false")
 
     def padded_vocab(self, tokenizer_vocab: int) -> int:
         """The embedding size for a tokenizer with ``tokenizer_vocab`` tokens."""
@@ -72,11 +81,22 @@ class ModelConfig:
             )
         return self.vocab_size
 
-    def num_params(self, vocab_size: int, *, embedding: bool = True) -> int:
-        """Parameter count, computed from the shapes (no model needed)."""
+    def num_params(self, vocab_size: int, *, embedding: bool = True, active: bool = False
+                   ) -> int:
+        """Parameter count, computed from the shapes (no model needed). ``active``: what one
+        token uses, counting top_k of the routed experts (plus router and shared experts),
+        as MFU should (torchtitan's convention)."""
         d, hd = self.d_model, self.head_dim
         attn = d * self.n_heads * hd * 2 + d * self.kv_heads * hd * 2
-        block = attn + 3 * d * self.hidden_dim + 2 * d
+        ffn = sum(self._ffn_params(i, active=active) for i in range(self.n_layers))
         head = 0 if self.tie_embeddings else vocab_size * d
         emb = vocab_size * d if embedding else 0
-        return self.n_layers * block + d + head + emb
+        return self.n_layers * (attn + 2 * d) + ffn + d + head + emb
+
+    def _ffn_params(self, layer_id: int, *, active: bool) -> int:
+        moe, d = self.moe, self.d_model
+        if not moe.is_moe_layer(layer_id):
+            return 3 * d * self.hidden_dim
+        expert = 3 * d * (moe.expert_hidden or self.hidden_dim)
+        routed = moe.top_k if active else moe.num_experts
+        return d * moe.num_experts + expert * (routed + moe.shared_experts)

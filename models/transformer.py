@@ -28,7 +28,7 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attention = Attention(cfg, backend=attention_backend)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.feed_forward = build_feed_forward(cfg, layer_id)
+        self.feed_forward = build_feed_forward(cfg, layer_id, self.controls)
 
     def forward(self, x, rope_cos, rope_sin, mask: AttentionMask, positions) -> torch.Tensor:
         attn = self.attention(self.attention_norm(x), rope_cos=rope_cos, rope_sin=rope_sin,

@@ -22,7 +22,7 @@ def test_defaults_and_overrides_compose():
     (["+trainer.foo=1"], r"unknown key trainer.foo"),
     (["checkpoint.Every=3"], r"unknown key checkpoint.Every; did you mean checkpoint.every\?"),
     (["trainer.deterministic=2"], r"trainer.deterministic=2 must be true or false"),
-    (["model=null"], r"model=null must be one preset name: gpt2_124m, .*tiny"),
+    (["model=null"], r"model=null must be one preset name: deepseek_v3_like, gpt2_124m, .*tiny"),
     (["model=[tiny,small]"], r"model=\[tiny,small\] must be one preset name"),
     (["optim.lr=nan"], r"optim.lr\(nan\) must be a finite number"),
     (["precision.initial_scale=inf"], r"precision.initial_scale\(inf\) must be a finite"),

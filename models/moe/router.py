@@ -1,0 +1,157 @@
+"""Routers: which experts each token's hidden state goes to, with what weight.
+
+A router returns a ``Routing``: the kept (token, gate) assignments already in
+expert-contiguous order with the count per expert, which is what the grouped matmul needs,
+plus what balancing needs (assignments chosen per expert before any were dropped, the
+balance loss and the z-loss). Scores are computed in fp32 whatever the compute dtype.
+
+- ``TokenChoiceRouter``: each token takes its ``top_k`` experts by score (softmax over
+  experts or a sigmoid each). With a capacity, an expert over it keeps its highest gates
+  (``drop_policy=probability``) or its earliest tokens (``position``); a dropped assignment
+  adds nothing, the token keeps its residual. An expert bias (auxiliary-loss-free
+  balancing) shifts the choice only; gates come from the unbiased scores.
+- ``ExpertChoiceRouter``: each expert takes its ``capacity`` highest-scoring tokens of the
+  micro-batch (Zhou et al. 2022): balanced by construction, but a token's experts depend on
+  the other tokens of the micro-batch, later positions included. Under causal LM that lets
+  information from future tokens into training; the results also depend on how tokens are
+  grouped into micro-batches (in every layout triforge keeps micro-batches the same, so
+  parity holds) and at generation on the batch. Use it knowing that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RouterConfig
+
+
+@dataclass
+class Routing:
+    token: torch.Tensor  # (A,) int64: the token of each kept assignment, grouped by expert
+    gate: torch.Tensor  # (A,) fp32: its weight in the combine
+    counts: torch.Tensor  # (E,) int64: kept assignments per expert (the group sizes)
+    routed: torch.Tensor  # (E,) int64: assignments chosen per expert before capacity
+    balance: torch.Tensor  # () fp32: the Switch balance loss (0 where not used)
+    z: torch.Tensor  # () fp32: mean(logsumexp(logits)^2)
+    dropped: torch.Tensor  # () int64: dropped assignments (expert choice: unrouted tokens)
+
+
+def capacity(cfg: RouterConfig, *, tokens: int, top_k: int, num_experts: int) -> int:
+    """Assignments an expert may take in a micro-batch of ``tokens`` (0: no limit)."""
+    if cfg.capacity_factor <= 0:
+        return 0
+    return min(tokens, math.ceil(cfg.capacity_factor * tokens * top_k / num_experts))
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest along the last dim, ties to the lowest index.
+
+    Not ``torch.topk``: its choice among equal values depends on the other values (it
+    selects, it does not sort), and equal scores are common (the same token at the start
+    of two sequences has the same hidden state). Two layouts whose weights differ in the
+    last bit would then route differently; a stable sort decides ties the same way always.
+    """
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def _scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    return logits.softmax(dim=-1) if kind == "softmax" else logits.sigmoid()
+
+
+def balance_loss(probs: torch.Tensor, top: torch.Tensor, *, seq_len: int, scope: str
+                 ) -> torch.Tensor:
+    """Switch's E * sum_i f_i * P_i: f_i the share of assignments to expert i (no gradient),
+    P_i the mean probability of i; 1 at perfect balance. ``probs`` (T, E) sum to 1 per
+    token, ``top`` (T, k) the chosen experts; per micro-batch or per sequence (then meaned)."""
+    n_tokens, n_experts = probs.shape
+    groups = n_tokens // seq_len if scope == "sequence" else 1
+    chosen = F.one_hot(top, n_experts).sum(dim=1).view(groups, -1, n_experts).float()
+    share = chosen.sum(dim=1) / (chosen.shape[1] * top.shape[1])
+    mean_prob = probs.view(groups, -1, n_experts).mean(dim=1)
+    return n_experts * (share * mean_prob).sum(dim=-1).mean()
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits, dim=-1).pow(2).mean()
+
+
+def expert_order(expert: torch.Tensor, gate: torch.Tensor, *, num_experts: int, cap: int,
+                 by_gate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the kept assignments grouped by expert, kept count per expert). Within
+    an expert the order is by gate (highest first) when ``by_gate``, else by position; an
+    expert over ``cap`` (> 0) keeps the first ``cap`` of that order."""
+    first = torch.argsort(gate, descending=True, stable=True) if by_gate else None
+    keyed = expert if first is None else expert[first]
+    order = torch.argsort(keyed, stable=True)
+    order = order if first is None else first[order]
+    counts = torch.bincount(expert, minlength=num_experts)
+    if not cap:
+        return order, counts
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_expert = torch.arange(order.numel(), device=order.device) - starts[expert[order]]
+    return order[rank_in_expert < cap], counts.clamp(max=cap)
+
+
+class TokenChoiceRouter(nn.Module):
+    def __init__(self, d_model: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        super().__init__()
+        self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        # Selection-only bias of auxiliary-loss-free balancing: state (checkpointed), not a
+        # parameter; the trainer moves it after each optimizer step (trainer/moe_balance.py).
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+
+    def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
+        """x (T, d) of T = batch * seq_len tokens."""
+        logits = F.linear(x.float(), self.gate.weight.float())
+        scores = _scores(logits, self.cfg.score)
+        choice = scores + self.expert_bias if self.cfg.bias_update_rate > 0 else scores
+        top = top_indices(choice, self.top_k)  # (T, k)
+        gates = scores.gather(-1, top)
+        if self.cfg.renormalize:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        probs = scores if self.cfg.score == "softmax" else scores / scores.sum(-1, keepdim=True)
+        balance = balance_loss(probs, top, seq_len=seq_len, scope=self.cfg.aux_loss_scope)
+        expert, gate = top.reshape(-1), gates.reshape(-1)
+        cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
+                       num_experts=self.num_experts)
+        order, counts = expert_order(expert, gate.detach(), num_experts=self.num_experts,
+                                     cap=cap, by_gate=self.cfg.drop_policy == "probability")
+        token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
+        return Routing(token=token[order], gate=gate[order], counts=counts,
+                       routed=torch.bincount(expert, minlength=self.num_experts),
+                       balance=balance, z=z_loss(logits),
+                       dropped=torch.tensor(expert.numel() - order.numel(), device=x.device))
+
+
+class ExpertChoiceRouter(nn.Module):
+    def __init__(self, d_model: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        super().__init__()
+        self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+
+    def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
+        del seq_len  # the choice is over the whole micro-batch
+        logits = F.linear(x.float(), self.gate.weight.float())
+        scores = _scores(logits, self.cfg.score)
+        cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
+                       num_experts=self.num_experts)
+        picked = top_indices(scores.t(), cap)  # (E, cap): each expert's best tokens
+        token = picked.reshape(-1)
+        served = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        served[token] = True
+        counts = torch.full((self.num_experts,), cap, dtype=torch.int64, device=x.device)
+        gate = scores.t().gather(-1, picked).reshape(-1)
+        return Routing(token=token, gate=gate, counts=counts,
+                       routed=counts.clone(), balance=logits.new_zeros(()), z=z_loss(logits),
+                       dropped=(~served).sum())
+
+
+def build_router(d_model: int, num_experts: int, top_k: int, cfg: RouterConfig) -> nn.Module:
+    kind = TokenChoiceRouter if cfg.kind == "token_choice" else ExpertChoiceRouter
+    return kind(d_model, num_experts, top_k, cfg)
