@@ -152,7 +152,8 @@ def apply_init_from_hf(job: JobConfig, parts: list, vocab: int, ctx: ParallelCon
         check_hf_dir(Path(path), job.model, vocab)
     except ValueError as exc:
         raise ConfigError(f"init_from_hf: {exc}") from None
-    full_sd = read_hf_state_dict(Path(path), tied=job.model.tie_embeddings) if ctx.is_main else {}
+    full_sd = (read_hf_state_dict(Path(path), tied=job.model.tie_embeddings,
+                                  num_experts=job.model.moe.num_experts) if ctx.is_main else {})
     # strict=False: a pipeline stage holds only some parameters; check_hf_dir saw them all.
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=ctx.meshes is not None,
                                strict=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from triforge.errors import CheckpointError, ConfigError, TriforgeError
 from triforge.models import build_model, materialize
 from triforge.models.hf import DTYPES, save_hf
+from triforge.models.hf_mixtral import mixtral_problems
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import open_dataset
 from triforge.trainer.state import ModelState
@@ -64,10 +65,9 @@ def export(args: list[str]) -> Path:
     overrides = [*overrides, f"checkpoint.resume={chosen}"]
     saved = run_dir / "config.yaml"
     job = load_run_config(saved, overrides) if saved.is_file() else load_config(overrides)
-    if job.model.moe.enabled:
-        raise ConfigError(f"export: model {job.model.name} has mixture-of-experts layers; "
-                          "export writes Llama-format directories, which have none (Mixtral "
-                          "export is not written yet)")
+    if job.model.moe.enabled and (problems := mixtral_problems(job.model)):
+        raise ConfigError(f"export: model {job.model.name} cannot be written as a Mixtral: "
+                          f"{'; '.join(problems)}")
     if job.objective.name != "clm":
         raise ConfigError(f"export: objective.name={job.objective.name} trains with non-causal "
                           "attention masks, but LlamaForCausalLM is causal and would compute "

@@ -52,16 +52,14 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
 
 
 def check_moe_job(job: JobConfig, parallel) -> None:
-    """What mixture-of-experts layers cannot do yet, refused before any work."""
+    """What mixture-of-experts layers cannot do yet, refused before any work (a Mixtral
+    directory for checkpoint.init_from_hf is checked against the model like a Llama one)."""
     if not job.model.moe.enabled:
         return
     if parallel.tp > 1:
         raise ConfigError(f"config: model {job.model.name} has mixture-of-experts layers, which "
                           "have no tensor-parallel plan yet; use parallel.tp=1 with data, "
                           "FSDP or pipeline parallelism")
-    if job.checkpoint.init_from_hf:
-        raise ConfigError("config: checkpoint.init_from_hf reads Llama-format directories, "
-                          f"which have no experts for model {job.model.name}")
 
 
 def check_run_dir(run_dir: str) -> Path:

@@ -1,4 +1,5 @@
-"""Conversion to and from the Hugging Face Llama format (``LlamaForCausalLM``).
+"""Conversion to and from the Hugging Face Llama format (``LlamaForCausalLM``); models with
+mixture-of-experts layers export as Mixtral (``models/hf_mixtral.py``).
 
 Our blocks are Llama's: pre-norm RMSNorm, grouped-query attention with rotate-half RoPE (the
 form HF Llama uses, so q/k weights need no permutation) and SwiGLU ``w2(silu(w1 x) * w3 x``,
@@ -21,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
+from .hf_mixtral import mixtral_config, mixtral_problems, mixtral_tensors, take_mixtral_tensors
 from .transformer import Transformer, build_model
 
 CONFIG_FILE = "config.json"
@@ -78,15 +80,22 @@ def save_hf(model: Transformer, out_dir: Path, *, dtype: str = "float32",
     """Write ``model`` (an unsharded Transformer) as ``out_dir``/{config.json,
     model.safetensors}. A tied head is stored once, as the embedding (HF ties it back)."""
     cfg = model.cfg
+    if cfg.moe.enabled and (problems := mixtral_problems(cfg)):
+        raise ValueError(f"model {cfg.name} cannot be written as a Mixtral: "
+                         f"{'; '.join(problems)}")
     tensors = {}
     for name, t in model.state_dict().items():
         if cfg.tie_embeddings and name == "output.weight":
             continue  # safetensors refuses shared storage, and HF expects no lm_head here
-        tensors[hf_name(name)] = t.detach().to("cpu", DTYPES[dtype]).contiguous()
+        t = t.detach().to("cpu", DTYPES[dtype])
+        moe = mixtral_tensors(name, t) if cfg.moe.enabled else None
+        tensors.update(moe if moe is not None else {hf_name(name): t.contiguous()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     config = hf_config(cfg, model.vocab_size, dtype=dtype, eos_id=eos_id, pad_id=pad_id)
+    if cfg.moe.enabled:
+        config = mixtral_config(cfg, config)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
 
@@ -103,16 +112,18 @@ def check_hf_dir(path: Path, cfg: ModelConfig, vocab_size: int) -> None:
                          f"{Path(path) / CONFIG_FILE}, or export with this model config)")
 
 
-def read_hf_state_dict(path: Path, *, tied: bool) -> dict[str, torch.Tensor]:
+def read_hf_state_dict(path: Path, *, tied: bool, num_experts: int = 0
+                       ) -> dict[str, torch.Tensor]:
     """The weights of HF directory ``path`` under our names, in the files' dtype. HF tensors
     without a counterpart (a tied model's lm_head copy, old rotary buffers) are left out;
-    ``check_hf_dir`` should have passed, so none of ours is missing."""
-    ours = {}
-    for file in weight_files(path):
-        for key, t in load_file(str(file)).items():
-            name = our_name(key)
-            if name is not None and not (tied and name == "output.weight"):
-                ours[name] = t
+    ``check_hf_dir`` should have passed, so none of ours is missing. ``num_experts`` > 0
+    reads a Mixtral's experts too."""
+    hf = {key: t for file in weight_files(path) for key, t in load_file(str(file)).items()}
+    ours = take_mixtral_tensors(hf, num_experts) if num_experts else {}
+    for key, t in hf.items():
+        name = our_name(key)
+        if name is not None and not (tied and name == "output.weight"):
+            ours[name] = t
     if tied:  # the state dict of a tied model lists the shared tensor under both names
         ours["output.weight"] = ours["tok_embeddings.weight"]
     return ours
@@ -148,9 +159,11 @@ def _rope_theta(hf: dict) -> float | None:
 
 def config_mismatches(hf: dict, cfg: ModelConfig, vocab_size: int) -> list[str]:
     """'<hf field> <value> != <our field> <value>' for every field that disagrees."""
+    moe = cfg.moe.enabled
     pairs = [
         ("hidden_size", cfg.d_model, "model.d_model"),
-        ("intermediate_size", cfg.hidden_dim, "model.ffn_hidden"),
+        ("intermediate_size", (cfg.moe.expert_hidden or cfg.hidden_dim) if moe else
+         cfg.hidden_dim, "model.moe.expert_hidden" if moe else "model.ffn_hidden"),
         ("num_hidden_layers", cfg.n_layers, "model.n_layers"),
         ("num_attention_heads", cfg.n_heads, "model.n_heads"),
         ("num_key_value_heads", cfg.kv_heads, "model.n_kv_heads"),
@@ -160,14 +173,20 @@ def config_mismatches(hf: dict, cfg: ModelConfig, vocab_size: int) -> list[str]:
         ("rms_norm_eps", cfg.norm_eps, "model.norm_eps"),
         ("rope_theta", cfg.rope_theta, "model.rope_theta"),
     ]
+    if moe:
+        pairs += [("num_local_experts", cfg.moe.num_experts, "model.moe.num_experts"),
+                  ("num_experts_per_tok", cfg.moe.top_k, "model.moe.top_k")]
     defaults = {"num_key_value_heads": hf.get("num_attention_heads"),
                 "head_dim": cfg.head_dim, "tie_word_embeddings": False}
     values = {**defaults, **{k: v for k, v in hf.items() if v is not None},
               "rope_theta": _rope_theta(hf)}
     problems = [f"{key} {values.get(key)} != {ours_name} {ours}"
                 for key, ours, ours_name in pairs if values.get(key) != ours]
-    if hf.get("model_type") != "llama":
-        problems.insert(0, f"model_type {hf.get('model_type')!r} is not 'llama'")
+    kind = "mixtral" if moe else "llama"
+    if hf.get("model_type") != kind:
+        problems.insert(0, f"model_type {hf.get('model_type')!r} is not {kind!r}")
+    if moe:
+        problems += mixtral_problems(cfg)
     rope_kind = hf.get("rope_scaling") or {"rope_type": (hf.get("rope_parameters") or {})
                                            .get("rope_type", "default")}
     if rope_kind.get("rope_type", rope_kind.get("type")) != "default":
@@ -183,8 +202,14 @@ def config_mismatches(hf: dict, cfg: ModelConfig, vocab_size: int) -> list[str]:
 def expected_shapes(cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
     """HF name -> shape of every tensor a directory for ``cfg`` holds (from a meta model)."""
     meta = build_model(cfg, vocab_size=vocab_size)
-    return {hf_name(n): tuple(t.shape) for n, t in meta.state_dict().items()
-            if not (cfg.tie_embeddings and n == "output.weight")}
+    shapes = {}
+    for name, t in meta.state_dict().items():
+        if cfg.tie_embeddings and name == "output.weight":
+            continue
+        moe = mixtral_tensors(name, t) if cfg.moe.enabled else None
+        shapes.update({k: tuple(v.shape) for k, v in moe.items()} if moe is not None
+                      else {hf_name(name): tuple(t.shape)})
+    return shapes
 
 
 def tensor_mismatches(path: Path, expected: dict[str, tuple[int, ...]]) -> list[str]:
