@@ -39,6 +39,14 @@ for run in $runs; do
 done
 
 [ -n "${SKIP_BENCH:-}" ] && exit 0
+echo "== MoE routing kernels vs the torch reference, and moe_small training"
+timeout 120 python3 bench/moe_routing.py 2>&1 | tee "$out/moe_routing.txt" | tail -5
+timeout 150 python3 -m triforge.launcher.train model=moe_small precision=bf16 \
+    "${data_arg[@]}" trainer.batch_size=32 trainer.max_steps=30 trainer.log_every=10 \
+    trainer.eval_every=0 logging.wandb.enabled=false logging.progress_bar=false \
+    trainer.sample_at_end=false checkpoint.every=0 checkpoint.save_at_end=false \
+    checkpoint.resume=none run.dir=/tmp/gpu_moe_small 2>&1 | grep -E "^step|model |error" \
+    | tee "$out/moe_train.txt"
 echo "== attention speed vs SDPA (flash backend)"
 timeout 200 python3 bench/attention.py --seqs 2048 8192 --head-dims 64 128 2>&1 \
     | tee "$out/attention.txt" | tail -12

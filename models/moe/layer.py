@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from triforge.kernels.moe_routing import combine, permute
+
 from ..config import ModelConfig
 from ..side_outputs import BlockControls, attach_aux_loss
 from .experts import GroupedExperts
@@ -56,11 +58,16 @@ class MoEFeedForward(nn.Module):
         b, s, d = x.shape
         flat = x.reshape(b * s, d)
         routing = self.router(flat, seq_len=s)
-        # index_select, not flat[token]: its backward (index_add) sums a token's gradients
-        # in a fixed order on CPU, where indexing's backward does not (resume bit for bit).
-        y = self.experts(torch.index_select(flat, 0, routing.token), routing.counts)
-        combined = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
-        combined = combined.index_add(0, routing.token, y.float() * routing.gate[:, None])
+        if routing.slot is not None:  # token choice: the routing kernels (or reference)
+            rows = permute(flat, routing.slot, int(routing.counts.sum()))
+            y = self.experts(rows, routing.counts)
+            combined = combine(y, routing.slot_gates, routing.slot)
+        else:
+            # index_select, not flat[token]: its backward (index_add) sums a token's
+            # gradients in a fixed order on CPU, where indexing's backward does not.
+            y = self.experts(torch.index_select(flat, 0, routing.token), routing.counts)
+            combined = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
+            combined = combined.index_add(0, routing.token, y.float() * routing.gate[:, None])
         out = combined.to(x.dtype)
         if self.shared is not None:
             out = out + self.shared(flat)

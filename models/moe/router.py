@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from triforge.kernels.moe_routing import gating
+
 from .config import RouterConfig
 
 
@@ -39,6 +41,10 @@ class Routing:
     balance: torch.Tensor  # () fp32: the Switch balance loss (0 where not used)
     z: torch.Tensor  # () fp32: mean(logsumexp(logits)^2)
     dropped: torch.Tensor  # () int64: dropped assignments (expert choice: unrouted tokens)
+    # Token choice also gives the (T, k) form the routing kernels take: each assignment's
+    # row in the grouped order (-1: dropped) and its gate.
+    slot: torch.Tensor | None = None
+    slot_gates: torch.Tensor | None = None
 
 
 def capacity(cfg: RouterConfig, *, tokens: int, top_k: int, num_experts: int) -> int:
@@ -49,7 +55,8 @@ def capacity(cfg: RouterConfig, *, tokens: int, top_k: int, num_experts: int) ->
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest along the last dim, ties to the lowest index.
+    """Indices of the ``k`` largest along the last dim, ties to the lowest index (as the
+    gating kernel, kernels/moe_routing, chooses a token's experts).
 
     Not ``torch.topk``: its choice among equal values depends on the other values (it
     selects, it does not sort), and equal scores are common (the same token at the start
@@ -109,13 +116,9 @@ class TokenChoiceRouter(nn.Module):
     def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
         """x (T, d) of T = batch * seq_len tokens."""
         logits = F.linear(x.float(), self.gate.weight.float())
-        scores = _scores(logits, self.cfg.score)
-        choice = scores + self.expert_bias if self.cfg.bias_update_rate > 0 else scores
-        top = top_indices(choice, self.top_k)  # (T, k)
-        gates = scores.gather(-1, top)
-        if self.cfg.renormalize:
-            gates = gates / gates.sum(dim=-1, keepdim=True)
-        probs = scores if self.cfg.score == "softmax" else scores / scores.sum(-1, keepdim=True)
+        bias = self.expert_bias if self.cfg.bias_update_rate > 0 else None
+        top, gates, probs = gating(logits, bias, top_k=self.top_k, score=self.cfg.score,
+                                   renormalize=self.cfg.renormalize)  # (T, k), (T, k), (T, E)
         balance = balance_loss(probs, top, seq_len=seq_len, scope=self.cfg.aux_loss_scope)
         expert, gate = top.reshape(-1), gates.reshape(-1)
         cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
@@ -123,10 +126,13 @@ class TokenChoiceRouter(nn.Module):
         order, counts = expert_order(expert, gate.detach(), num_experts=self.num_experts,
                                      cap=cap, by_gate=self.cfg.drop_policy == "probability")
         token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
+        slot = torch.full_like(expert, -1)
+        slot[order] = torch.arange(order.numel(), device=x.device)
         return Routing(token=token[order], gate=gate[order], counts=counts,
                        routed=torch.bincount(expert, minlength=self.num_experts),
                        balance=balance, z=z_loss(logits),
-                       dropped=torch.tensor(expert.numel() - order.numel(), device=x.device))
+                       dropped=torch.tensor(expert.numel() - order.numel(), device=x.device),
+                       slot=slot.view_as(top), slot_gates=gates)
 
 
 class ExpertChoiceRouter(nn.Module):
