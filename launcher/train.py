@@ -40,7 +40,7 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     try:
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
-                            n_layers=job.model.n_layers)
+                            n_layers=job.model.n_layers, num_experts=job.model.moe.num_experts)
         dims.validate_batch(batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
                             pp_microbatches=p.microbatches)
         if dims.pp > 1:

@@ -14,6 +14,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from .expert_parallel import expert_params
+
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool,
                mp_policy: MixedPrecisionPolicy | None = None) -> None:
@@ -27,9 +29,10 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: 
     mp_policy = mp_policy or MixedPrecisionPolicy()
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward,
-                    mp_policy=mp_policy)
+                    mp_policy=mp_policy, ignored_params=expert_params(block) or None)
     # The root's parameters are needed again right at the start of backward: keep them.
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp_policy)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=False, mp_policy=mp_policy,
+                ignored_params=expert_params(model) or None)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

@@ -149,15 +149,24 @@ class ParallelDims:
                                             MESH_DIMS.index("dp_shard_in_ep")])
         return groups
 
-    def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int) -> None:
+    def validate_model(self, *, n_heads: int, n_kv_heads: int, n_layers: int,
+                       num_experts: int = 0) -> None:
         if n_heads % self.tp or n_kv_heads % self.tp:
             raise ValueError(
                 f"tp({self.tp}) must divide n_heads({n_heads}) and n_kv_heads({n_kv_heads})"
             )
         if n_layers < self.pp:
             raise ValueError(f"n_layers({n_layers}) must be >= pp({self.pp}) pipeline stages")
-        if self.ep > 1:
+        if self.ep > 1 and not num_experts:
             raise ValueError(f"parallel.ep({self.ep}) needs a mixture-of-experts model; use 1")
+        if self.ep > 1 and num_experts % self.ep:
+            raise ValueError(f"parallel.ep({self.ep}) must divide model.moe.num_experts"
+                             f"({num_experts})")
+        if self.ep > 1 and (self.ep != self.dp_shard or self.dp_replicate > 1 or self.pp > 1
+                            or self.tp > 1):
+            raise ValueError(f"parallel.ep({self.ep}) is supported with ep = dp_shard"
+                             f"({self.dp_shard}) and no replication, pipeline or tensor "
+                             "parallelism so far")
         if self.cp > 1:
             raise ValueError(f"parallel.cp({self.cp}): context parallelism is not available "
                              "yet; use 1")

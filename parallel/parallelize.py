@@ -11,6 +11,7 @@ from torch import nn
 
 from .activation_checkpoint import apply_ac
 from .dims import ParallelDims
+from .expert_parallel import apply_ep
 from .mesh import RoleMeshes
 from .tensor_parallel import apply_tp
 
@@ -29,5 +30,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
     With ``meshes`` None (one process) tensor parallelism does not apply."""
     if meshes is not None and dims.tp > 1:
         apply_tp(model, meshes.tp, sequence_parallel=opts.sequence_parallel)
+    if meshes is not None and dims.ep > 1:
+        apply_ep(model, meshes.ep)
     apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
     wrap_data_parallel(model)

@@ -116,12 +116,25 @@ def global_grad_norm(parts: list[nn.Module], ctx: ParallelContext) -> torch.Tens
     copies = {id(w) for part in parts if (w := part.tied_head_copy()) is not None}
     grads = [p.grad for part in parts for p in part.parameters()
              if p.grad is not None and id(p) not in copies]
-    norm = to_local_value(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
-    return ctx.all_reduce_pp(norm**2).sqrt() if ctx.dims.pp > 1 else norm
+    # One norm per device mesh (expert-parallel weights live on another mesh than FSDP's,
+    # and DTensor ops do not mix meshes), their squares added.
+    squares = [to_local_value(torch.nn.utils.get_total_norm(group, norm_type=2.0)) ** 2
+               for group in by_mesh(grads).values()]
+    norm_sq = torch.stack(squares).sum() if squares else torch.zeros(())
+    return (ctx.all_reduce_pp(norm_sq) if ctx.dims.pp > 1 else norm_sq).sqrt()
+
+
+def by_mesh(tensors) -> dict[object, list[torch.Tensor]]:
+    """``tensors`` grouped by their DTensor device mesh (None: plain tensors)."""
+    groups: dict[object, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(getattr(t, "device_mesh", None), []).append(t)
+    return groups
 
 
 def clip_gradients(parts: list[nn.Module], max_norm: float, norm: torch.Tensor) -> None:
     """Scale gradients so their global ``norm`` is at most ``max_norm`` (0: no clipping)."""
     if max_norm > 0:
-        for part in parts:
-            torch.nn.utils.clip_grads_with_norm_(part.parameters(), max_norm, norm)
+        params = [p for part in parts for p in part.parameters() if p.grad is not None]
+        for group in by_mesh(params).values():  # per mesh, as for the norm
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, norm)

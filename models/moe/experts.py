@@ -17,6 +17,24 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def expert_mlp(x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
+               w2: torch.Tensor, *, grouped_mm: bool) -> torch.Tensor:
+    """The SwiGLU of expert i on its ``counts[i]`` rows of x, for stacked weights (also the
+    local shard of an expert-parallel layer, parallel/expert_parallel.py)."""
+    # Under autocast the dense layers compute in its dtype; the experts do the same.
+    dtype = (torch.get_autocast_dtype(x.device.type)
+             if torch.is_autocast_enabled(x.device.type) else w1.dtype)
+    x = x.to(dtype)
+    w1, w3, w2 = (w.to(dtype) for w in (w1, w3, w2))
+    if grouped_mm:
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        h = F.silu(F.grouped_mm(x, w1, offs=offs)) * F.grouped_mm(x, w3, offs=offs)
+        return F.grouped_mm(h, w2, offs=offs)
+    outs = [(F.silu(rows @ w1[i]) * (rows @ w3[i])) @ w2[i]
+            for i, rows in enumerate(torch.split(x, counts.tolist()))]
+    return torch.cat(outs)
+
+
 class GroupedExperts(nn.Module):
     def __init__(self, num_experts: int, d_model: int, hidden: int, *, grouped_mm: bool):
         super().__init__()
@@ -27,18 +45,7 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x (A, d) grouped by expert, counts (E,) -> (A, d)."""
-        # Under autocast the dense layers compute in its dtype; the experts do the same.
-        dtype = (torch.get_autocast_dtype(x.device.type)
-                 if torch.is_autocast_enabled(x.device.type) else self.w1.dtype)
-        x = x.to(dtype)
-        w1, w3, w2 = (w.to(dtype) for w in (self.w1, self.w3, self.w2))
-        if self.grouped_mm:
-            offs = torch.cumsum(counts, 0).to(torch.int32)
-            h = F.silu(F.grouped_mm(x, w1, offs=offs)) * F.grouped_mm(x, w3, offs=offs)
-            return F.grouped_mm(h, w2, offs=offs)
-        outs = [(F.silu(rows @ w1[i]) * (rows @ w3[i])) @ w2[i]
-                for i, rows in enumerate(torch.split(x, counts.tolist()))]
-        return torch.cat(outs)
+        return expert_mlp(x, counts, self.w1, self.w3, self.w2, grouped_mm=self.grouped_mm)
 
     @torch.no_grad()
     def init_weights(self, std: float, out_std: float) -> None:

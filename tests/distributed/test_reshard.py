@@ -137,3 +137,45 @@ def test_tied_checkpoint_resumes_in_another_layout(source, dest, tied_runs, tmp_
         diff = max_rel_diff([r[key] for r in records], [reference[s][key] for s in steps])
         print(f"tied {source} -> {dest} {key} max relative difference {diff:.2e}")
         assert diff <= RTOL, f"tied {source} -> {dest}: {key} differs by {diff:.2e} (> {RTOL})"
+
+
+# Mixture-of-experts checkpoints: expert weights (sharded along the expert dimension under
+# expert parallelism, along dim 0 by FSDP otherwise, whole in one process), their Adam
+# moments and the routers' selection bias reshard between ep2, one process and fsdp2.
+MOE = [*("model=moe_tiny" if a == "model=tiny" else a for a in NO_SAVES),
+       "model.moe.router.z_loss_coeff=1e-3", "model.moe.router.bias_update_rate=1e-2"]
+MOE_LAYOUTS = {"1": (1, []), "ep2": (2, ["parallel.dp_shard=2", "parallel.ep=2"]),
+               "fsdp2": PARITY["fsdp2"]}
+MOE_CYCLE = [("1", "ep2"), ("ep2", "1"), ("ep2", "fsdp2")]
+
+
+@pytest.fixture(scope="module")
+def moe_runs(tmp_path_factory, data_overrides):
+    ckpt = [f"checkpoint.every={SAVED_AT}", "checkpoint.save_at_end=false"]
+    run_dir = tmp_path_factory.mktemp("moe_single")
+    records = run_layout(run_dir, 1, [], data_overrides, [*MOE, *ckpt])
+    paths = {"1": run_dir / "checkpoints" / f"step_{SAVED_AT}"}
+    run_dir = tmp_path_factory.mktemp("moe_ep2")
+    nproc, overrides = MOE_LAYOUTS["ep2"]
+    run_layout(run_dir, nproc, [*overrides, f"trainer.stop_at_step={SAVED_AT}"],
+               data_overrides, [*MOE, "checkpoint.every=0", "checkpoint.save_at_end=true"])
+    paths["ep2"] = run_dir / "checkpoints" / f"step_{SAVED_AT}"
+    return records, paths
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("source", "dest"), MOE_CYCLE, ids=lambda p: str(p))
+def test_moe_checkpoint_reshards_across_expert_parallel_sizes(source, dest, moe_runs,
+                                                              tmp_path, data_overrides):
+    baseline, paths = moe_runs
+    reference = {r["step"]: r for r in baseline}
+    nproc, overrides = MOE_LAYOUTS[dest]
+    ckpt = ["checkpoint.every=0", "checkpoint.save_at_end=false",
+            f"checkpoint.resume={paths[source]}"]
+    records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*MOE, *ckpt])
+    steps = list(range(SAVED_AT + 1, STEPS + 1))
+    assert [r["step"] for r in records] == steps
+    for key in ("loss", "grad_norm", "moe_0_bias_norm"):
+        diff = max_rel_diff([r[key] for r in records], [reference[s][key] for s in steps])
+        print(f"moe {source} -> {dest} {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL, f"moe {source} -> {dest}: {key} differs by {diff:.2e}"

@@ -160,7 +160,11 @@ def test_layer_dropping_matches_single_process(layout, single_process, tmp_path,
 # checkpointing recomputes the routing in backward, which must not count twice.
 MOE = [*("model=moe_tiny" if a == "model=tiny" else a for a in COMMON),
        "model.moe.router.z_loss_coeff=1e-3", "model.moe.router.bias_update_rate=1e-2"]
-MOE_LAYOUTS = ["fsdp2", "dp2", "pp2_1f1b", "fsdp2_ac_full"]
+# Expert parallelism: each rank holds half the experts; rows travel by all-to-all.
+EP_LAYOUTS = {"ep2": (2, ["parallel.dp_shard=2", "parallel.ep=2"]),
+              "ep2_ac_full": (2, ["parallel.dp_shard=2", "parallel.ep=2",
+                                  "parallel.activation_checkpoint=full"])}
+MOE_LAYOUTS = ["fsdp2", "dp2", "pp2_1f1b", "fsdp2_ac_full", "ep2", "ep2_ac_full"]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +195,7 @@ def assert_same_moe_statistics(records: list[dict], reference: list[dict]) -> No
 def test_moe_matches_single_process(layout, moe_single, tmp_path, data_overrides):
     reference = moe_single([])
     assert reference[-1]["moe_0_bias_norm"] > 0  # the bias moved (alike on every rank)
-    nproc, overrides = LAYOUTS[layout]
+    nproc, overrides = {**LAYOUTS, **EP_LAYOUTS}[layout]
     records = run_layout(tmp_path / "run", nproc, overrides, data_overrides, MOE)
     assert_same_run(f"{layout}+moe", records, reference)
     assert_same_moe_statistics(records, reference)
@@ -209,11 +213,11 @@ EXPERT_CHOICE = ["model.moe.router.kind=expert_choice", "model.moe.router.capaci
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", ["fsdp2", "pp2_1f1b"])
+@pytest.mark.parametrize("layout", ["fsdp2", "pp2_1f1b", "ep2"])
 def test_moe_expert_choice_matches_single_process(layout, moe_single, tmp_path,
                                                   data_overrides):
     reference = moe_single(EXPERT_CHOICE)
-    nproc, overrides = LAYOUTS[layout]
+    nproc, overrides = {**LAYOUTS, **EP_LAYOUTS}[layout]
     records = run_layout(tmp_path / "run", nproc, [*overrides, *EXPERT_CHOICE],
                          data_overrides, MOE)
     assert [r["step"] for r in records] == [1, 2]
