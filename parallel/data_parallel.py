@@ -14,11 +14,12 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from .expert_parallel import expert_params
+from .expert_parallel import expert_modules, expert_params
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: bool,
-               mp_policy: MixedPrecisionPolicy | None = None) -> None:
+               mp_policy: MixedPrecisionPolicy | None = None,
+               expert_mesh: DeviceMesh | None = None) -> None:
     """Wrap each block, then the root, over ``dp_mesh`` (1-D shard or 2-D replicate x shard).
 
     Per-block wrapping lets FSDP gather one block's parameters at a time. The root keeps
@@ -28,6 +29,12 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, reshard_after_forward: 
     """
     mp_policy = mp_policy or MixedPrecisionPolicy()
     for block in model.layers.values():
+        if expert_mesh is not None and expert_mesh.size() > 1:
+            # Expert-parallel weights get an FSDP unit of their own over what ep leaves of
+            # dp_shard; the block's unit then skips them.
+            for experts in expert_modules(block):
+                fully_shard(experts, mesh=expert_mesh,
+                            reshard_after_forward=reshard_after_forward, mp_policy=mp_policy)
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward,
                     mp_policy=mp_policy, ignored_params=expert_params(block) or None)
     # The root's parameters are needed again right at the start of backward: keep them.

@@ -12,13 +12,16 @@ parameter does. Its forward, for this rank's rows grouped by expert with their c
    allowed, with its backward), are regrouped by local expert, run through the local experts'
    grouped matmul, and return the same way.
 
+Composition with FSDP: ep takes a factor of dp_shard; what is left (the ``expert_fsdp``
+mesh) shards each rank's experts further, in an FSDP unit of their own
+(parallel/data_parallel.py); with nothing left, FSDP over the dense mesh ignores them
+(``expert_params``). Replication, pipeline and tensor parallelism with ep are refused so far.
+
 Gradients: an expert's weights see the tokens of every rank of the expert group, so their
-gradient is the sum over the group, where a data-parallel parameter gets the mean over the
-data-parallel ranks. The layouts with experts supported so far have the whole data-parallel
-group as the expert group (ep = dp_shard, no replication, no pipeline or tensor parallelism),
-so the expert weights' gradients are scaled by 1/ep in backward to match, explicitly (gloo
-has no PREMUL_SUM for FSDP's gradient divide factor), and FSDP leaves them alone
-(``expert_params`` are its ignored parameters).
+gradient is the sum over the ep ranks (then the mean over expert_fsdp, by FSDP), where a
+data-parallel parameter gets the mean over all dp = ep x expert_fsdp ranks. The expert
+weights' gradients are therefore scaled by 1/ep in backward, explicitly (gloo has no
+PREMUL_SUM for FSDP's gradient divide factor).
 """
 
 from __future__ import annotations
@@ -97,7 +100,14 @@ def apply_ep(model: nn.Module, ep_mesh: DeviceMesh) -> None:
             module.experts = ExpertParallelExperts(module.experts, ep_mesh)
 
 
+def expert_modules(module: nn.Module) -> list[ExpertParallelExperts]:
+    return [m for m in module.modules() if isinstance(m, ExpertParallelExperts)]
+
+
 def expert_params(module: nn.Module) -> set[nn.Parameter]:
-    """The expert-parallel parameters under ``module``: FSDP must not shard them."""
-    return {p for m in module.modules() if isinstance(m, ExpertParallelExperts)
+    """The expert-parallel parameters under ``module`` that no FSDP unit of their own holds
+    (with nothing left of dp_shard for them): FSDP over the dense mesh must not take them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return {p for m in expert_modules(module) if not isinstance(m, FSDPModule)
             for p in m.parameters()}

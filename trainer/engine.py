@@ -78,8 +78,9 @@ class FSDP2Engine:
     def wrap(self, part: nn.Module) -> None:
         if self.wraps:
             meshes: RoleMeshes = self.ctx.meshes
+            expert_mesh = meshes.expert_fsdp if self.ctx.dims.ep > 1 else None
             apply_fsdp(part, meshes.fsdp, reshard_after_forward=self.reshard_after_forward,
-                       mp_policy=self.mp_policy)
+                       mp_policy=self.mp_policy, expert_mesh=expert_mesh)
 
     def attach(self, parts: list[nn.Module], optimizer: Optimizers) -> None:
         self.parts, self.optimizer = parts, optimizer

@@ -145,8 +145,11 @@ def test_tied_checkpoint_resumes_in_another_layout(source, dest, tied_runs, tmp_
 MOE = [*("model=moe_tiny" if a == "model=tiny" else a for a in NO_SAVES),
        "model.moe.router.z_loss_coeff=1e-3", "model.moe.router.bias_update_rate=1e-2"]
 MOE_LAYOUTS = {"1": (1, []), "ep2": (2, ["parallel.dp_shard=2", "parallel.ep=2"]),
-               "fsdp2": PARITY["fsdp2"]}
-MOE_CYCLE = [("1", "ep2"), ("ep2", "1"), ("ep2", "fsdp2")]
+               "fsdp2": PARITY["fsdp2"],
+               "ep2_fsdp2": (4, ["parallel.dp_shard=4", "parallel.ep=2"])}
+MOE_CYCLE = [("1", "ep2"), ("ep2", "1"), ("ep2", "fsdp2"),
+             pytest.param("ep2", "ep2_fsdp2", marks=pytest.mark.slow),
+             pytest.param("ep2_fsdp2", "fsdp2", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -155,23 +158,29 @@ def moe_runs(tmp_path_factory, data_overrides):
     run_dir = tmp_path_factory.mktemp("moe_single")
     records = run_layout(run_dir, 1, [], data_overrides, [*MOE, *ckpt])
     paths = {"1": run_dir / "checkpoints" / f"step_{SAVED_AT}"}
-    run_dir = tmp_path_factory.mktemp("moe_ep2")
-    nproc, overrides = MOE_LAYOUTS["ep2"]
-    run_layout(run_dir, nproc, [*overrides, f"trainer.stop_at_step={SAVED_AT}"],
-               data_overrides, [*MOE, "checkpoint.every=0", "checkpoint.save_at_end=true"])
-    paths["ep2"] = run_dir / "checkpoints" / f"step_{SAVED_AT}"
-    return records, paths
+
+    def saved_by(name: str) -> Path:
+        if name not in paths:
+            run_dir = tmp_path_factory.mktemp(f"moe_{name}")
+            nproc, overrides = MOE_LAYOUTS[name]
+            run_layout(run_dir, nproc, [*overrides, f"trainer.stop_at_step={SAVED_AT}"],
+                       data_overrides, [*MOE, "checkpoint.every=0",
+                                        "checkpoint.save_at_end=true"])
+            paths[name] = run_dir / "checkpoints" / f"step_{SAVED_AT}"
+        return paths[name]
+
+    return records, saved_by
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(("source", "dest"), MOE_CYCLE, ids=lambda p: str(p))
+@pytest.mark.parametrize(("source", "dest"), MOE_CYCLE)
 def test_moe_checkpoint_reshards_across_expert_parallel_sizes(source, dest, moe_runs,
                                                               tmp_path, data_overrides):
-    baseline, paths = moe_runs
+    baseline, saved_by = moe_runs
     reference = {r["step"]: r for r in baseline}
     nproc, overrides = MOE_LAYOUTS[dest]
     ckpt = ["checkpoint.every=0", "checkpoint.save_at_end=false",
-            f"checkpoint.resume={paths[source]}"]
+            f"checkpoint.resume={saved_by(source)}"]
     records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*MOE, *ckpt])
     steps = list(range(SAVED_AT + 1, STEPS + 1))
     assert [r["step"] for r in records] == steps
