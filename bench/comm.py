@@ -28,6 +28,9 @@ MODES = {
     "tp2": ["parallel.tp=2", "parallel.sequence_parallel=false"],
     "tp2_sp": ["parallel.tp=2"],
     "pp2": ["parallel.pp=2", "parallel.pp_schedule=1f1b"],
+    # FSDP over the dense parameters, the experts split over the 2 ranks (all-to-all)
+    "ep2": ["parallel.dp_shard=2", "parallel.ep=2", "model.moe.num_experts=4",
+            "model.moe.top_k=2", "model.moe.expert_hidden=512"],
 }
 
 
@@ -44,12 +47,14 @@ def _numel(dims) -> int:
     return n
 
 
-def collective_bytes(trace_events: list[dict], world: int) -> Counter:
+def collective_bytes(trace_events: list[dict], world: int, rank: int = 0) -> Counter:
     """Per-rank bytes moved by each c10d op in a profiler trace (recorded with shapes).
 
     All-gather and reduce-scatter group sizes follow from their input/output sizes;
     all-reduces are taken over ``world`` ranks (true here: every mode uses one 2-way
-    dimension). DTensor's functional collectives run on these c10d ops and are counted once.
+    dimension). An all-to-all moves the rows of its input split that go to other ranks (the
+    split sizes are in the trace); without splits, an even split. DTensor's functional
+    collectives run on these c10d ops and are counted once.
     """
     moved: Counter = Counter()
     for ev in trace_events:
@@ -71,7 +76,29 @@ def collective_bytes(trace_events: list[dict], world: int) -> Counter:
             moved[op] += 2 * (world - 1) / world * first
         elif op in ("send", "recv_", "broadcast_"):
             moved[op] += first
+        elif op == "alltoall_base_":  # (output, input, ..., output splits, input splits)
+            full = _numel(dims[1]) * size
+            splits = json.loads(ev["args"]["Concrete Inputs"][4] or "[]")
+            rows = _numel(dims[1]) // max(1, dims[1][0]) if dims[1] else 0
+            own = splits[rank] * rows * size if splits else full / world
+            moved["alltoall_base_"] += full - own
     return moved
+
+
+def routing_counts(trainer, world: int) -> dict:
+    """Rows this rank's MoE layers sent to each rank's experts in the last step, and the
+    number of layer forwards, from the routing counts the layers recorded
+    (models/moe/layer.py), not from the collectives."""
+    from triforge.trainer.moe_balance import moe_layers
+
+    per_owner, forwards, experts = [0] * world, 0, 0
+    for layer in moe_layers(trainer.parts):
+        experts = layer.router.num_experts
+        for record in layer.records:
+            counts = record[:experts].view(world, -1).sum(dim=1)
+            per_owner = [a + int(b) for a, b in zip(per_owner, counts.tolist(), strict=True)]
+            forwards += 1
+    return {"rows_to": per_owner, "forwards": forwards, "experts": experts}
 
 
 def analytic(mode: str, params: int, bsh: int, layers: int, micro: int,
@@ -111,10 +138,38 @@ def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> N
         trainer.train_step()
     trace = f"{out}.rank{rank}.trace.json"
     prof.export_chrome_trace(trace)
-    if rank == 0:
-        events = json.loads(Path(trace).read_text())["traceEvents"]
-        Path(out).write_text(json.dumps(collective_bytes(events, world=2)))
+    events = json.loads(Path(trace).read_text())["traceEvents"]
+    Path(f"{out}.rank{rank}").write_text(json.dumps(
+        {"bytes": collective_bytes(events, world=2, rank=rank),
+         "routing": routing_counts(trainer, 2) if mode == "ep2" else {}}))
     leave_distributed(0, all_ranks_done=True)
+
+
+def dense_params(overrides: list[str]) -> int:
+    """The parameters of the ep2 mode's model that FSDP shards: all but the experts'."""
+    from triforge.launcher.config import load_config
+
+    cfg = load_config([*overrides, *MODES["ep2"]]).model
+    moe = cfg.moe
+    experts = sum(moe.num_experts * 3 * cfg.d_model * moe.expert_hidden
+                  for i in range(cfg.n_layers) if moe.is_moe_layer(i))
+    return cfg.num_params(cfg.padded_vocab(258)) - experts
+
+
+def report_all_to_all(ranks: list[dict], d_model: int) -> None:
+    """Rank 0's all-to-all bytes against the volume the routing counts give: its rows to
+    the other rank's experts and the other rank's rows to its own, each crossing once in
+    forward (dispatch, combine back) and once in backward, fp32; plus, per layer forward,
+    the exchange of E int64 counts (half of them to the other rank)."""
+    routing = ranks[0]["routing"]
+    sent, received = routing["rows_to"][1], ranks[1]["routing"]["rows_to"][0]
+    rows = 2 * (sent + received)
+    counts = routing["forwards"] * routing["experts"] // 2 * 8
+    analytic = rows * d_model * 4 + counts
+    measured = ranks[0]["bytes"].get("alltoall_base_", 0.0)
+    print(f"ep2 all-to-all per rank: measured {measured / 1e6:.4f}MB, from the routing "
+          f"counts {analytic / 1e6:.4f}MB ({rows:,} rows x d x 4 B + {counts} B of counts), "
+          f"ratio {measured / analytic:.3f} (target 1.00 +- 0.05)")
 
 
 def free_port() -> int:
@@ -150,10 +205,18 @@ def main() -> None:
         for mode in MODES:
             out = f"{tmp}/{mode}.json"
             mp.spawn(worker, args=(free_port(), mode, overrides, out), nprocs=2, join=True)
-            measured = json.loads(Path(out).read_text())
+            ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
+            measured = ranks[0]["bytes"]
+            if mode == "ep2":
+                report_all_to_all(ranks, args.d_model)
+                measured = {k: v for k, v in measured.items() if k != "alltoall_base_"}
             total = sum(measured.values())
-            micro = args.batch // (2 if mode in ("ddp2", "fsdp2") else 1) // 2
-            minimum, formula = analytic(mode, params, bsh, args.layers, micro)
+            micro = args.batch // (2 if mode in ("ddp2", "fsdp2", "ep2") else 1) // 2
+            if mode == "ep2":  # the rest is FSDP's, over the parameters outside the experts
+                minimum, formula = analytic("fsdp2", dense_params(overrides), bsh,
+                                            args.layers, micro)
+            else:
+                minimum, formula = analytic(mode, params, bsh, args.layers, micro)
             parts = ", ".join(f"{k} {v / 1e6:.2f}MB" for k, v in sorted(measured.items()))
             print(f"{mode:<8}{total / 1e6:>12.2f}MB{minimum / 1e6:>12.2f}MB"
                   f"{total / minimum:>8.2f}  {parts}  [{formula}]")

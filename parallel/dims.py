@@ -162,9 +162,10 @@ class ParallelDims:
         if self.ep > 1 and num_experts % self.ep:
             raise ValueError(f"parallel.ep({self.ep}) must divide model.moe.num_experts"
                              f"({num_experts})")
-        if self.ep > 1 and (self.dp_replicate > 1 or self.pp > 1 or self.tp > 1):
-            raise ValueError(f"parallel.ep({self.ep}) is supported with FSDP (dp_shard) only "
-                             "so far: set parallel.dp_replicate, pp and tp to 1")
+        if self.ep > 1 and (self.dp_replicate > 1 or self.tp > 1):
+            raise ValueError(f"parallel.ep({self.ep}) is supported with FSDP (dp_shard) and "
+                             "pipeline parallelism so far: set parallel.dp_replicate and tp "
+                             "to 1")
         if self.cp > 1:
             raise ValueError(f"parallel.cp({self.cp}): context parallelism is not available "
                              "yet; use 1")

@@ -15,7 +15,8 @@ parameter does. Its forward, for this rank's rows grouped by expert with their c
 Composition with FSDP: ep takes a factor of dp_shard; what is left (the ``expert_fsdp``
 mesh) shards each rank's experts further, in an FSDP unit of their own
 (parallel/data_parallel.py); with nothing left, FSDP over the dense mesh ignores them
-(``expert_params``). Replication, pipeline and tensor parallelism with ep are refused so far.
+(``expert_params``). Under pipeline parallelism each stage's MoE layers use the expert mesh
+of that stage's ranks. Replication and tensor parallelism with ep are refused so far.
 
 Gradients: an expert's weights see the tokens of every rank of the expert group, so their
 gradient is the sum over the ep ranks (then the mean over expert_fsdp, by FSDP), where a

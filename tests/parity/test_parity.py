@@ -161,13 +161,16 @@ def test_layer_dropping_matches_single_process(layout, single_process, tmp_path,
 MOE = [*("model=moe_tiny" if a == "model=tiny" else a for a in COMMON),
        "model.moe.router.z_loss_coeff=1e-3", "model.moe.router.bias_update_rate=1e-2"]
 # Expert parallelism: each rank holds half the experts; rows travel by all-to-all.
-# ep2_fsdp2: 4 ranks, experts split over 2 and each half FSDP-sharded over the other 2.
+# ep2_fsdp2: 4 ranks, experts split over 2 and each half FSDP-sharded over the other 2;
+# ep2_pp2: each pipeline stage's MoE layers split their experts over its 2 ranks.
 EP_LAYOUTS = {"ep2": (2, ["parallel.dp_shard=2", "parallel.ep=2"]),
               "ep2_ac_full": (2, ["parallel.dp_shard=2", "parallel.ep=2",
                                   "parallel.activation_checkpoint=full"]),
-              "ep2_fsdp2": (4, ["parallel.dp_shard=4", "parallel.ep=2"])}
+              "ep2_fsdp2": (4, ["parallel.dp_shard=4", "parallel.ep=2"]),
+              "ep2_pp2": (4, ["parallel.pp=2", "parallel.dp_shard=2", "parallel.ep=2"])}
 MOE_LAYOUTS = ["fsdp2", "dp2", "pp2_1f1b", "fsdp2_ac_full", "ep2", "ep2_ac_full",
-               pytest.param("ep2_fsdp2", marks=pytest.mark.slow)]
+               pytest.param("ep2_fsdp2", marks=pytest.mark.slow),
+               pytest.param("ep2_pp2", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")

@@ -267,3 +267,18 @@ def test_what_moe_models_cannot_do_yet_is_refused_before_any_work():
     job = load_config(["model=moe_tiny", "parallel.tp=2"])
     with pytest.raises(ConfigError, match="no tensor-parallel plan yet; use parallel.tp=1"):
         resolve_layout(job, ProcessEnv(world_size=2))
+
+
+@pytest.mark.parametrize(("overrides", "world", "message"), [
+    (["model=tiny", "parallel.ep=2"], 2, r"parallel.ep\(2\) needs a mixture-of-experts model"),
+    (["model=moe_tiny", "model.moe.num_experts=3", "model.moe.top_k=1", "parallel.ep=2"], 2,
+     r"parallel.ep\(2\) must divide model.moe.num_experts\(3\)"),
+    (["model=moe_tiny", "parallel.ep=2", "parallel.dp_replicate=2", "parallel.dp_shard=2"], 4,
+     r"set parallel.dp_replicate and tp to 1"),
+])
+def test_expert_parallel_layouts_it_cannot_run_are_refused(overrides, world, message):
+    from triforge.errors import ConfigError
+    from triforge.launcher.env import ProcessEnv
+    from triforge.launcher.train import resolve_layout
+    with pytest.raises(ConfigError, match=message):
+        resolve_layout(load_config(overrides), ProcessEnv(world_size=world))
