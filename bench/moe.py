@@ -5,8 +5,8 @@ The three layers alternate round by round (a burst of load on the machine then h
 them alike); each round times several calls and the table gives each layer's median
 tokens/s and its ratio to the dense layer measured in the same rounds.
 
-    python bench/moe.py [--experts 8] [--top-k 2] [--d-model 384] [--tokens 2048]
-                        [--dtype fp32|bf16] [--rounds 7]
+    python bench/moe.py [--experts 8] [--top-k 2] [--d-model 384] [--expert-hidden 512]
+                        [--tokens 2048] [--dtype fp32|bf16] [--rounds 7] [--calls 3]
 """
 
 from __future__ import annotations

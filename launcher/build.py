@@ -58,13 +58,18 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     dataset while the others wait, so ranks never race on the cache; a problem with the data
     it finds is raised on every rank, so all of them exit with its one line (status 2)
     rather than the others failing on a closed connection."""
-    dataset, problem = None, None
+    dataset, problem, failure = None, None, None
     if ctx.is_main:
         try:
             dataset = open_dataset(job.data, build_if_missing=True, log=log)
         except TriforgeError as exc:
             problem = exc
+        except Exception as exc:  # a bug or an OS error: the main rank reports it in full
+            failure, problem = exc, RuntimeError(f"the main rank failed to open the data: "
+                                                 f"{type(exc).__name__}: {exc}")
     problem = ctx.broadcast_from_main(problem)  # the others wait here while it builds
+    if failure is not None:
+        raise failure
     if problem is not None:
         raise problem
     if dataset is None:  # opened once per rank: checksum verification is not repeated

@@ -17,6 +17,7 @@ import yaml
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
+from triforge.parallel.dims import ParallelConfig
 from triforge.parallel.mesh import build_meshes
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
@@ -51,7 +52,7 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     return dims
 
 
-def check_moe_job(job: JobConfig, parallel) -> None:
+def check_moe_job(job: JobConfig, parallel: ParallelConfig) -> None:
     """What mixture-of-experts layers cannot do yet, refused before any work (a Mixtral
     directory for checkpoint.init_from_hf is checked against the model like a Llama one)."""
     if not job.model.moe.enabled:

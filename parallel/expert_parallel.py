@@ -73,7 +73,9 @@ class ExpertParallelExperts(nn.Module):
         arrived = all_to_all_single_autograd(rows, recv, send, group)  # by source, then expert
         order = _expert_major(recv_grid)
         local = torch.index_select(arrived, 0, order)
-        weights = [_ScaleGrad.apply(getattr(self, n).to_local(), 1.0 / ep)
+        # In the rows' dtype: FSDP's mixed-precision policy does not cast weights it does
+        # not hold (ep = dp_shard), so the layer does, as FSDP would (gradients stay fp32).
+        weights = [_ScaleGrad.apply(getattr(self, n).to_local().to(rows.dtype), 1.0 / ep)
                    for n in ("w1", "w3", "w2")]
         out = expert_mlp(local, recv_grid.sum(dim=0), *weights, grouped_mm=self.grouped_mm)
         back = torch.index_select(out, 0, torch.argsort(order))  # source-major again

@@ -5,7 +5,8 @@ other launch, in one of two ways (``slurm.launch``):
 
 - ``torchrun`` (default): one task per node runs ``torchrun``, which starts the node's
   processes and meets the other nodes in a c10d rendezvous on the first node. Use it on GPU
-  clusters: it is the layout the PyTorch tooling expects, and the agent can restart workers.
+  clusters: it is the layout the PyTorch tooling expects (the script runs it with
+  ``--max-restarts=0``: a failure ends the job, a preemption requeues it).
 - ``srun``: one task per training process; the launcher reads ``SLURM_PROCID``,
   ``SLURM_NTASKS`` and ``SLURM_LOCALID`` itself. Use it where Slurm must place and bind each
   process (``--gpu-bind``, ``--cpu-bind``), or where torchrun cannot run.

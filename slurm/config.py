@@ -9,7 +9,7 @@ directives without a shell and a newline in one would start a line of shell code
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from triforge.errors import ConfigError
 from triforge.launcher.schema import check_overrides
 
+JOB_DIR = "slurm"  # inside the run directory: the script, the logs, the submitted job ids
 LAUNCHES = ("torchrun", "srun")
 # Directive values: names, numbers and lists of them (partition=gpu,gpu-long; time=1-00:00:00).
 _DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9._:,@%+/=-]*")
@@ -95,14 +96,26 @@ def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     return slurm, [a for a in args if a not in slurm]
 
 
+_TEXT_FIELDS = {f.name for f in fields(SlurmConfig) if f.type in (str, "str")}
+
+
+def _as_text(override: str) -> str:
+    """``slurm.time=4:00:00`` with the value quoted when its field is text: YAML would read
+    4:00:00 as the sexagesimal integer 14400, 0123 as 123 and yes as true."""
+    key, _, value = override.partition("=")
+    if key.removeprefix("slurm.") not in _TEXT_FIELDS or value[:1] in ("'", '"'):
+        return override
+    return f"{key}='{value.replace(chr(39), chr(39) * 2)}'"
+
+
 def load_slurm_config(overrides: list[str]) -> SlurmConfig:
     """``SlurmConfig`` from ``slurm.key=value`` overrides; ConfigError (one line) when an
     override names no key, has the wrong type or breaks a rule."""
     try:
-        check_overrides([o.lstrip("+") for o in overrides], _Root, presets={})
+        plain = [o.lstrip("+") for o in overrides]
+        check_overrides(plain, _Root, presets={})
         schema = OmegaConf.structured(_Root)
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist([o.lstrip("+")
-                                                                 for o in overrides]))
+        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist([_as_text(o) for o in plain]))
         cfg = OmegaConf.to_object(merged).slurm
         cfg.validate()
     except OmegaConfBaseException as exc:  # a wrong type (also a ValueError: test it first)

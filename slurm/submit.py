@@ -22,10 +22,9 @@ from triforge.launcher.config import load_config
 from triforge.launcher.env import ProcessEnv
 from triforge.launcher.train import check_run_dir, resolve_layout
 
-from .config import SlurmConfig, load_slurm_config, split_overrides
+from .config import JOB_DIR, SlurmConfig, load_slurm_config, split_overrides
 from .render import render
-
-JOB_DIR = "slurm"  # inside the run directory: the script, the logs, the submitted job ids
+from .status import active_state, last_job
 
 
 def prepare(args: list[str]) -> tuple[SlurmConfig, Path, str]:
@@ -58,6 +57,11 @@ def submit(run_dir: Path, script: str) -> tuple[str, Path]:
     if shutil.which("sbatch") is None:
         raise ConfigError("sbatch is not on PATH: run triforge-submit where SLURM's client "
                           "commands are installed (a login node), or --dry-run to see the script")
+    previous = last_job(run_dir)
+    if previous is not None and (state := active_state(previous)) is not None:
+        raise ConfigError(f"run.dir={run_dir} already has job {previous} {state}; two jobs "
+                          "would write the same checkpoints: wait for it, scancel it, or "
+                          "choose another run.dir")
     job_dir = run_dir / JOB_DIR
     job_dir.mkdir(parents=True, exist_ok=True)
     script_path = job_dir / "job.sbatch"

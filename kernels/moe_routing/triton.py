@@ -37,9 +37,10 @@ def _scores(logits, col_ok, SIGMOID: tl.constexpr):
 
 @triton.jit
 def _gating_fwd(logits_ptr, bias_ptr, top_ptr, gates_ptr, probs_ptr, counts_ptr, T, E,
-                K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                SIGMOID: tl.constexpr, RENORM: tl.constexpr, HAS_BIAS: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+                K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+                BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, RENORM: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < T
     col_ok = cols[None, :] < E
@@ -51,27 +52,34 @@ def _gating_fwd(logits_ptr, bias_ptr, top_ptr, gates_ptr, probs_ptr, counts_ptr,
     if HAS_BIAS:
         choice = s + tl.load(bias_ptr + cols, mask=cols < E, other=0.0)[None, :]
     choice = tl.where(col_ok, choice, float("-inf"))
+    # The k picks stay in registers until the one store at the end (a store and a reload
+    # by the same program would need a barrier).
+    ks = tl.arange(0, BLOCK_K)[None, :]
+    top = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int64)
+    gates = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
     total = tl.zeros((BLOCK_T,), dtype=tl.float32)
     for j in tl.static_range(K):
         idx = tl.argmax(choice, axis=1, tie_break_left=True)
         hit = cols[None, :] == idx[:, None]
         gate = tl.sum(tl.where(hit, s, 0.0), axis=1)
-        tl.store(top_ptr + rows * K + j, idx.to(tl.int64), mask=row_ok)
-        tl.store(gates_ptr + rows * K + j, gate, mask=row_ok)
+        top = tl.where(ks == j, idx.to(tl.int64)[:, None], top)
+        gates = tl.where(ks == j, gate[:, None], gates)
         tl.atomic_add(counts_ptr + idx, 1, mask=row_ok)
         total += gate
         choice = tl.where(hit, float("-inf"), choice)
     if RENORM:
-        for j in tl.static_range(K):
-            gate = tl.load(gates_ptr + rows * K + j, mask=row_ok, other=0.0)
-            tl.store(gates_ptr + rows * K + j, gate / total, mask=row_ok)
+        gates = gates / total[:, None]
+    out = rows[:, None] * K + ks
+    keep = row_ok[:, None] & (ks < K)
+    tl.store(top_ptr + out, top, mask=keep)
+    tl.store(gates_ptr + out, gates, mask=keep)
 
 
 @triton.jit
 def _gating_bwd(logits_ptr, top_ptr, dgates_ptr, dprobs_ptr, dlogits_ptr, T, E,
                 K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                 SIGMOID: tl.constexpr, RENORM: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < T
     col_ok = cols[None, :] < E
@@ -128,7 +136,7 @@ def gating_forward(logits: torch.Tensor, bias: torch.Tensor | None, *, top_k: in
     bias_arg = bias.float().contiguous() if has_bias else logits
     _gating_fwd[(triton.cdiv(n_tokens, block_t),)](
         logits, bias_arg, top, gates, probs, counts, n_tokens, n_experts, K=top_k,
-        BLOCK_T=block_t, BLOCK_E=block_e, SIGMOID=sigmoid, RENORM=renormalize,
+        BLOCK_K=triton.next_power_of_2(top_k), BLOCK_T=block_t, BLOCK_E=block_e, SIGMOID=sigmoid, RENORM=renormalize,
         HAS_BIAS=has_bias)
     return top, gates, probs, counts
 
@@ -146,7 +154,7 @@ def gating_backward(logits, top, dgates, dprobs, *, sigmoid: bool, renormalize: 
 
 @triton.jit
 def _permute_fwd(x_ptr, slot_ptr, rows_ptr, D, K: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # t * D can pass 2**31
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         x = tl.load(x_ptr + t * D + cols, mask=cols < D)
@@ -157,7 +165,7 @@ def _permute_fwd(x_ptr, slot_ptr, rows_ptr, D, K: tl.constexpr, BLOCK_D: tl.cons
 
 @triton.jit
 def _permute_bwd(drows_ptr, slot_ptr, dx_ptr, D, K: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # t * D can pass 2**31
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -171,7 +179,7 @@ def _permute_bwd(drows_ptr, slot_ptr, dx_ptr, D, K: tl.constexpr, BLOCK_D: tl.co
 @triton.jit
 def _combine_fwd(rows_ptr, gates_ptr, slot_ptr, y_ptr, D, K: tl.constexpr,
                  BLOCK_D: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # t * D can pass 2**31
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -186,7 +194,7 @@ def _combine_fwd(rows_ptr, gates_ptr, slot_ptr, y_ptr, D, K: tl.constexpr,
 @triton.jit
 def _combine_bwd(rows_ptr, gates_ptr, slot_ptr, dy_ptr, drows_ptr, dgates_ptr, D,
                  K: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)  # t * D can pass 2**31
     for j in tl.static_range(K):
         s = tl.load(slot_ptr + t * K + j)
         g = tl.load(gates_ptr + t * K + j)

@@ -6,8 +6,8 @@ The rows arrive grouped by expert (``counts[i]`` rows for expert i, in order). W
 ``grouped_mm`` all experts run in one ``torch.nn.functional.grouped_mm`` per projection
 (cumulative int32 offsets; on CPU and CUDA, with autograd); otherwise an exact loop of one
 matmul per expert, the reference the grouped path is tested against. The grouped matmul
-needs every row stride to be a multiple of 16 bytes, which ``MoEFeedForward`` checks for
-the model's sizes (d and h multiples of 8).
+needs every row stride to be a multiple of 16 bytes, which ``ModelConfig.validate`` checks
+for the model's sizes (d and h multiples of 8).
 """
 
 from __future__ import annotations

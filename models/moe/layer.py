@@ -92,13 +92,16 @@ class MoEFeedForward(nn.Module):
         recorded passes; zeros when the block did not run (layer dropping)."""
         n = self.router.num_experts
         if not self.records:
-            return torch.zeros(n), torch.zeros(len(TOTALS))
+            device = self.router.gate.weight.device
+            return torch.zeros(n, device=device), torch.zeros(len(TOTALS), device=device)
         summed = torch.stack(self.records[-microbatches:]).sum(dim=0)
         return summed[:n], summed[n:]
 
     def router_bias_norm_sq(self) -> torch.Tensor:
         bias = getattr(self.router, "expert_bias", None)
-        return bias.pow(2).sum() if bias is not None else torch.zeros(())
+        if bias is None:
+            return torch.zeros((), device=self.router.gate.weight.device)
+        return bias.pow(2).sum()
 
     def init_weights(self, std: float, out_std: float) -> None:
         nn.init.trunc_normal_(self.router.gate.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)

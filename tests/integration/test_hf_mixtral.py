@@ -83,12 +83,15 @@ def test_what_mixtral_cannot_express_is_not_exported(exported, tmp_path, data_ov
     assert problem in err and err.count("\n") == 1, err
 
 
-def test_init_from_a_mixtral_of_another_shape_is_one_line(exported, tmp_path, data_overrides):
+def test_init_from_a_mixtral_of_another_shape_is_one_line(exported, tmp_path, data_overrides,
+                                                          capsys):
     from triforge.launcher import train as train_cli
     _, hf_dir = exported
     rc = train_cli.main([*BASE, *data_overrides, f"run.dir={tmp_path / 'x'}",
                          "model.moe.num_experts=8", f"checkpoint.init_from_hf={hf_dir}"])
     assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_local_experts 4 != model.moe.num_experts 8" in err
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 

@@ -90,6 +90,10 @@ def test_preempted_job_requeues_itself_and_resumes_bit_for_bit(slurm, straight, 
                                                                data_overrides):
     run_dir = tmp_path / "run"
     job = submit(slurm, run_dir, data_overrides, *ONE_NODE)  # slurm.launch=torchrun
+    again = subprocess.run([str(Path(sys.executable).parent / "triforge-submit"), *TRAIN,
+                            *data_overrides, f"run.dir={run_dir}", *CPU_JOB, *ONE_NODE],
+                           capture_output=True, text=True, env=slurm.env, timeout=120)
+    assert again.returncode == 2 and f"already has job {job}" in again.stderr  # not twice
     preempt_after_first_checkpoint(slurm, run_dir, job)
     info = slurm.wait(job)
     log = log_of(run_dir, job)

@@ -176,14 +176,19 @@ def test_expert_bias_steers_the_choice_but_not_the_gates():
     assert torch.allclose(routing.gate, pair[0] / per_token[routing.token])  # ... unbiased gates
 
 
-@pytest.mark.parametrize("router", ["token_choice", "expert_choice"])
-def test_layer_output_is_the_gated_sum_of_its_experts(router):
-    extra = ["model.moe.router.capacity_factor=1.0"] if router == "expert_choice" else []
-    moe = layer(f"model.moe.router.kind={router}", "model.moe.shared_experts=1", *extra)
+@pytest.mark.parametrize(("router", "capacity"), [("token_choice", 0.0), ("token_choice", 0.5),
+                                                  ("expert_choice", 1.0)])
+def test_layer_output_is_the_gated_sum_of_its_experts(router, capacity):
+    """Over the kept assignments only: a dropped one adds nothing (the token keeps its
+    residual)."""
+    moe = layer(f"model.moe.router.kind={router}", "model.moe.shared_experts=1",
+                f"model.moe.router.capacity_factor={capacity}")
     x = torch.randn(2, 5, 64)
     out = moe(x)
     flat = x.view(-1, 64)
     routing = moe.router(flat, seq_len=5)
+    if router == "token_choice" and capacity:
+        assert routing.dropped > 0
     experts = torch.repeat_interleave(torch.arange(4), routing.counts)
     e = moe.experts
     expect = moe.shared(flat).clone()

@@ -75,6 +75,32 @@ def test_script_starts_training_the_way_each_launch_needs(tmp_path):
     assert 'srun --kill-on-bad-exit=0 "$PYTHON" -m triforge.launcher.train' in srun
 
 
+@pytest.mark.parametrize(("override", "field", "value"), [
+    ("slurm.time=4:00:00", "time", "4:00:00"),  # YAML would read 14400 (sexagesimal)
+    ("slurm.time=12:00:00", "time", "12:00:00"),
+    ("slurm.account=0123", "account", "0123"),
+    ("slurm.job_name=yes", "job_name", "yes"),
+    ("slurm.qos=1e3", "qos", "1e3"),
+])
+def test_text_values_reach_the_directives_as_written(override, field, value):
+    from triforge.slurm.config import load_slurm_config
+    cfg = load_slurm_config([override])
+    assert getattr(cfg, field) == value
+    assert f"={value}" in "\n".join(directives(cfg))
+
+
+def test_status_reads_what_a_running_job_leaves_half_written(tmp_path):
+    from triforge.slurm.status import describe
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "jobs.jsonl").write_text("")
+    assert describe(tmp_path)[0].startswith("error: ") and "no submitted job" in describe(
+        tmp_path)[0]
+    (tmp_path / "slurm" / "jobs.jsonl").write_text('{"job_id": "7"}\n{"job_')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
+    lines = describe(tmp_path)
+    assert lines[0].startswith("job 7: ") and "last logged step: 3" in lines
+
+
 def test_directives_carry_the_allocation():
     cfg = SlurmConfig(nodes=4, gpus_per_node=8, cpus_per_proc=6, partition="gpu",
                       account="proj-1", time="2-00:00:00", extra=["--exclusive", "--mem=0"])
@@ -118,6 +144,9 @@ def test_status_of_a_directory_without_a_job_is_one_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "has no submitted job" in proc.stderr
+    empty = subprocess.run([sys.executable, "-m", "triforge", "status", "run.dir="],
+                           capture_output=True, text=True)
+    assert empty.returncode == 2 and empty.stderr.startswith("usage:")
 
 
 @pytest.mark.parametrize(("codes", "status"), [
