@@ -227,6 +227,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
                         spike_window=job.trainer.spike_window,
                         loss_scaling=precision.loss_scaling),
         injector=NonfiniteInjector(job.debug, ctx.rank), ctx=ctx, message=log,
+        hold_for_signal=(job.debug.hold_for_signal_at_step, job.debug.hold_timeout_s),
     )
     if job.model.moe.enabled:
         moe = job.model.moe

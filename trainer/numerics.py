@@ -39,6 +39,11 @@ class DebugConfig:
     # layout (models/side_outputs.py).
     aux_l2_layer: int = -1
     aux_l2_coeff: float = 0.0
+    # Preemption tests: after step N (and its checkpoint) wait, at most hold_timeout_s, until
+    # this rank has received a preemption signal, so the signal lands at step N however busy
+    # the machine is (0: off).
+    hold_for_signal_at_step: int = 0
+    hold_timeout_s: float = 300.0
 
     def validate(self) -> None:
         if self.inject_nonfinite_at_step < 0:
@@ -49,6 +54,9 @@ class DebugConfig:
                              "be loss or grad")
         if not (math.isfinite(self.aux_l2_coeff) and self.aux_l2_coeff >= 0):
             raise ValueError(f"debug.aux_l2_coeff({self.aux_l2_coeff}) must be finite and >= 0")
+        if self.hold_for_signal_at_step < 0 or not self.hold_timeout_s >= 0:
+            raise ValueError("debug.hold_for_signal_at_step and debug.hold_timeout_s must be "
+                             ">= 0")
 
 
 @dataclass(frozen=True)

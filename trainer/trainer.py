@@ -69,6 +69,8 @@ class Trainer:
     message: Callable[[str], None] = print  # one-off notices (the main rank's log)
     watch: PreemptionWatch | None = None
     hooks: StepHooks = field(default_factory=StepHooks)
+    # (step, timeout s) of debug.hold_for_signal_*: a testing aid, (0, 0) is off
+    hold_for_signal: tuple[int, float] = (0, 0.0)
 
     def __post_init__(self) -> None:
         self.state = TrainState()
@@ -105,8 +107,19 @@ class Trainer:
                 with self.throughput.paused():
                     self.save()
             self.checkpointer.poll()
+            if step == self.hold_for_signal[0]:
+                self._hold_for_signal()
             if self._preempted():
                 self._stop_for_preemption(step)
+
+    def _hold_for_signal(self) -> None:
+        """Wait until this rank has a preemption signal (or the timeout): the signal then
+        lands at this step whatever the machine's load (debug.hold_for_signal_at_step)."""
+        deadline = time.monotonic() + self.hold_for_signal[1]
+        while self.watch is not None and self.watch.received is None:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)  # the signal handler runs between these sleeps
 
     def _preempted(self) -> bool:
         """Whether any rank has received a preemption signal. All ranks must agree (signals

@@ -17,6 +17,9 @@ import pytest
 from tests.helpers.runs import COMMON, run_layout
 
 EXIT_PREEMPTED = 75
+# The signalled runs wait after step 13 until their signal arrives (training is otherwise
+# unchanged), so the signal lands there however loaded the machine is.
+HOLD = "debug.hold_for_signal_at_step=13"
 STEPS = 60
 RUN = [*[a for a in COMMON if not a.startswith(("trainer.max_steps", "checkpoint."))],
        f"trainer.max_steps={STEPS}", "checkpoint.every=10", "checkpoint.keep=0",
@@ -86,7 +89,7 @@ def straight_fsdp2(tmp_path_factory, data_overrides) -> dict[int, float]:
 @pytest.mark.parametrize("sig", [signal.SIGUSR1])
 def test_signal_saves_exits_for_requeue_and_resumes(tmp_path, data_overrides, straight, sig):
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    proc = start(command(run_dir, data_overrides, 1), log)
+    proc = start(command(run_dir, data_overrides, 1, HOLD), log)
     wait_for_step(run_dir, 13, proc)
     proc.send_signal(sig)
     assert proc.wait(timeout=120) == EXIT_PREEMPTED, log.read_text()[-2000:]
@@ -101,7 +104,7 @@ def test_signal_saves_exits_for_requeue_and_resumes(tmp_path, data_overrides, st
 @pytest.mark.distributed
 def test_sigterm_to_torchrun_saves_on_every_rank(tmp_path, data_overrides, straight_fsdp2):
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    proc = start(command(run_dir, data_overrides, 2, "parallel.dp_shard=2"), log)
+    proc = start(command(run_dir, data_overrides, 2, "parallel.dp_shard=2", HOLD), log)
     wait_for_step(run_dir, 13, proc)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its workers
     proc.wait(timeout=120)
