@@ -50,6 +50,10 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name}({getattr(self, name)}) must be > 0")
+        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
+                     "ffn_multiple_of", "vocab_size", "vocab_multiple_of", "max_seq_len"):
+            if getattr(self, name) >= 2**31:  # tensor sizes are 64-bit: products must fit
+                raise ValueError(f"model.{name}({getattr(self, name)}) must be < 2**31")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"model.n_heads({self.n_heads}) must divide model.d_model({self.d_model})"

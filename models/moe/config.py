@@ -81,4 +81,7 @@ class MoEConfig:
                              f"model.n_layers({n_layers}))")
         if self.expert_hidden < 0 or self.shared_experts < 0:
             raise ValueError("model.moe.expert_hidden and model.moe.shared_experts must be >= 0")
+        for name in ("num_experts", "expert_hidden", "shared_experts"):
+            if getattr(self, name) >= 2**20:
+                raise ValueError(f"model.moe.{name}({getattr(self, name)}) must be < 2**20")
         self.router.validate(self.top_k, self.num_experts)
