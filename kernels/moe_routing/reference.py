@@ -17,15 +17,29 @@ from __future__ import annotations
 import torch
 
 
+def router_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """Softmax over the experts, or a sigmoid per expert."""
+    return logits.softmax(dim=-1) if score == "softmax" else logits.sigmoid()
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest along the last dim, ties to the lowest index.
+
+    Not ``torch.topk``: its choice among equal values depends on the other values (it
+    selects, it does not sort), and equal scores are common (the same token at the start
+    of two sequences has the same hidden state). Two layouts whose weights differ in the
+    last bit would then route differently; a stable sort decides ties the same way always.
+    """
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 def gating_reference(logits: torch.Tensor, bias: torch.Tensor | None, *, top_k: int,
                      score: str, renormalize: bool
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top (T, k) int64, gates (T, k) fp32, probs (T, E) fp32) of logits (T, E)."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64
-    scores = logits.softmax(dim=-1) if score == "softmax" else logits.sigmoid()
-    choice = scores if bias is None else scores + bias
-    # A stable sort, not topk, whose choice among equal values depends on the other values.
-    top = torch.sort(choice, dim=-1, descending=True, stable=True).indices[:, :top_k]
+    scores = router_scores(logits, score)
+    top = top_indices(scores if bias is None else scores + bias, top_k)
     gates = scores.gather(-1, top)
     if renormalize:
         gates = gates / gates.sum(dim=-1, keepdim=True)

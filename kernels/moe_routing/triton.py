@@ -36,16 +36,23 @@ def _scores(logits, col_ok, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def _gating_fwd(logits_ptr, bias_ptr, top_ptr, gates_ptr, probs_ptr, counts_ptr, T, E,
-                K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
-                BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, RENORM: tl.constexpr,
-                HAS_BIAS: tl.constexpr):
+def _load_logits(logits_ptr, T, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """This program's block of rows of the (T, E) logits, with its masks."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
     row_ok = rows < T
     col_ok = cols[None, :] < E
     ok = row_ok[:, None] & col_ok
     logits = tl.load(logits_ptr + rows[:, None] * E + cols[None, :], mask=ok, other=0.0)
+    return rows, cols, row_ok, col_ok, ok, logits
+
+
+@triton.jit
+def _gating_fwd(logits_ptr, bias_ptr, top_ptr, gates_ptr, probs_ptr, counts_ptr, T, E,
+                K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+                BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, RENORM: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    rows, cols, row_ok, col_ok, ok, logits = _load_logits(logits_ptr, T, E, BLOCK_T, BLOCK_E)
     s, probs = _scores(logits, col_ok, SIGMOID)
     tl.store(probs_ptr + rows[:, None] * E + cols[None, :], probs, mask=ok)
     choice = s
@@ -79,12 +86,7 @@ def _gating_fwd(logits_ptr, bias_ptr, top_ptr, gates_ptr, probs_ptr, counts_ptr,
 def _gating_bwd(logits_ptr, top_ptr, dgates_ptr, dprobs_ptr, dlogits_ptr, T, E,
                 K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                 SIGMOID: tl.constexpr, RENORM: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    row_ok = rows < T
-    col_ok = cols[None, :] < E
-    ok = row_ok[:, None] & col_ok
-    logits = tl.load(logits_ptr + rows[:, None] * E + cols[None, :], mask=ok, other=0.0)
+    rows, cols, row_ok, col_ok, ok, logits = _load_logits(logits_ptr, T, E, BLOCK_T, BLOCK_E)
     s, _ = _scores(logits, col_ok, SIGMOID)
     # Raw gates g_j = s[top_j]; with renormalization gates = g / sum(g), whose chain rule
     # is dg_j = (dgate_j - sum_m dgate_m * gate_m) / sum(g).

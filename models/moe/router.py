@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from triforge.kernels.moe_routing import gating
+from triforge.kernels.moe_routing.reference import router_scores, top_indices
 
 from .config import RouterConfig
 
@@ -52,22 +53,6 @@ def capacity(cfg: RouterConfig, *, tokens: int, top_k: int, num_experts: int) ->
     if cfg.capacity_factor <= 0:
         return 0
     return min(tokens, math.ceil(cfg.capacity_factor * tokens * top_k / num_experts))
-
-
-def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest along the last dim, ties to the lowest index (as the
-    gating kernel, kernels/moe_routing, chooses a token's experts).
-
-    Not ``torch.topk``: its choice among equal values depends on the other values (it
-    selects, it does not sort), and equal scores are common (the same token at the start
-    of two sequences has the same hidden state). Two layouts whose weights differ in the
-    last bit would then route differently; a stable sort decides ties the same way always.
-    """
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-
-
-def _scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    return logits.softmax(dim=-1) if kind == "softmax" else logits.sigmoid()
 
 
 def balance_loss(probs: torch.Tensor, top: torch.Tensor, *, seq_len: int, scope: str
@@ -144,7 +129,7 @@ class ExpertChoiceRouter(nn.Module):
     def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
         del seq_len  # the choice is over the whole micro-batch
         logits = F.linear(x.float(), self.gate.weight.float())
-        scores = _scores(logits, self.cfg.score)
+        scores = router_scores(logits, self.cfg.score)
         cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
                        num_experts=self.num_experts)
         picked = top_indices(scores.t(), cap)  # (E, cap): each expert's best tokens
