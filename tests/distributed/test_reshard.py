@@ -126,17 +126,26 @@ def tied_runs(tmp_path_factory, data_overrides):
 def test_tied_checkpoint_resumes_in_another_layout(source, dest, tied_runs, tmp_path,
                                                    data_overrides):
     records_ref, paths = tied_runs
-    reference = {r["step"]: r for r in records_ref}
-    nproc, overrides = LAYOUTS[dest]
+    resume_and_compare(f"tied {source} -> {dest}", paths[source], LAYOUTS[dest], TIED,
+                       records_ref, ("loss", "grad_norm"), tmp_path / dest, data_overrides)
+
+
+def resume_and_compare(name: str, checkpoint: Path, layout, common: list[str],
+                       baseline: list[dict], keys: tuple[str, ...], run_dir: Path,
+                       data_overrides) -> None:
+    """Resume ``checkpoint`` in ``layout`` for steps 6-10; each of ``keys`` must match the
+    uninterrupted ``baseline`` to RTOL."""
+    reference = {r["step"]: r for r in baseline}
+    nproc, overrides = layout
     ckpt = ["checkpoint.every=0", "checkpoint.save_at_end=false",
-            f"checkpoint.resume={paths[source]}"]
-    records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*TIED, *ckpt])
+            f"checkpoint.resume={checkpoint}"]
+    records = run_layout(run_dir, nproc, overrides, data_overrides, [*common, *ckpt])
     steps = list(range(SAVED_AT + 1, STEPS + 1))
     assert [r["step"] for r in records] == steps
-    for key in ("loss", "grad_norm"):
+    for key in keys:
         diff = max_rel_diff([r[key] for r in records], [reference[s][key] for s in steps])
-        print(f"tied {source} -> {dest} {key} max relative difference {diff:.2e}")
-        assert diff <= RTOL, f"tied {source} -> {dest}: {key} differs by {diff:.2e} (> {RTOL})"
+        print(f"{name} {key} max relative difference {diff:.2e}")
+        assert diff <= RTOL, f"{name}: {key} differs by {diff:.2e} (> {RTOL})"
 
 
 # Mixture-of-experts checkpoints: expert weights (sharded along the expert dimension under
@@ -177,14 +186,6 @@ def moe_runs(tmp_path_factory, data_overrides):
 def test_moe_checkpoint_reshards_across_expert_parallel_sizes(source, dest, moe_runs,
                                                               tmp_path, data_overrides):
     baseline, saved_by = moe_runs
-    reference = {r["step"]: r for r in baseline}
-    nproc, overrides = MOE_LAYOUTS[dest]
-    ckpt = ["checkpoint.every=0", "checkpoint.save_at_end=false",
-            f"checkpoint.resume={saved_by(source)}"]
-    records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*MOE, *ckpt])
-    steps = list(range(SAVED_AT + 1, STEPS + 1))
-    assert [r["step"] for r in records] == steps
-    for key in ("loss", "grad_norm", "moe_0_bias_norm"):
-        diff = max_rel_diff([r[key] for r in records], [reference[s][key] for s in steps])
-        print(f"moe {source} -> {dest} {key} max relative difference {diff:.2e}")
-        assert diff <= RTOL, f"moe {source} -> {dest}: {key} differs by {diff:.2e}"
+    resume_and_compare(f"moe {source} -> {dest}", saved_by(source), MOE_LAYOUTS[dest], MOE,
+                       baseline, ("loss", "grad_norm", "moe_0_bias_norm"), tmp_path / dest,
+                       data_overrides)
