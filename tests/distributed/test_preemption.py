@@ -45,11 +45,21 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
     metrics = run_dir / "metrics.jsonl"
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        if metrics.is_file() and any(json.loads(x)["step"] >= step
-                                     for x in metrics.read_text().splitlines()[-3:] if x):
+        if metrics.is_file() and any(r["step"] >= step for r in complete_records(metrics)):
             return
         time.sleep(0.02)
     raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def complete_records(metrics: Path) -> list[dict]:
+    """The last few records, leaving out a line the run is still writing."""
+    out = []
+    for line in metrics.read_text().splitlines()[-3:]:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def last_losses(run_dir: Path) -> dict[int, float]:
