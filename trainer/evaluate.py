@@ -22,9 +22,15 @@ class Evaluator:
     def __init__(self, loader: WindowLoader, objective: Objective, *, batch_size: int, num_batches: int,
                  every: int, dp_rank: int = 0, dp_size: int = 1):
         n = loader.sampler.num_samples
-        # Each data-parallel rank scores its share; sums are added up over ranks.
-        self.indices = (np.arange(batch_size * num_batches) % n)[dp_rank::dp_size]
-        batch_size = max(1, batch_size // dp_size)
+        # Each data-parallel rank scores its contiguous share of every batch, as in training,
+        # and the runner splits it into the training micro-batches: every layout then scores
+        # the same groups of samples together, which routing that depends on the other
+        # tokens of a micro-batch (expert choice, an expert capacity) needs to give the same
+        # validation loss. Sums are added up over ranks.
+        per_rank = max(1, batch_size // dp_size)
+        grid = np.arange(batch_size * num_batches).reshape(num_batches, batch_size)
+        self.indices = grid[:, dp_rank * per_rank:(dp_rank + 1) * per_rank].reshape(-1) % n
+        batch_size = per_rank
         self.loader = loader
         self.objective = objective
         self.batch_size = batch_size

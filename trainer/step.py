@@ -47,6 +47,10 @@ class DirectRunner:
 
     def loss_sum(self, objective: LossFunction, batch: Batch,
                  ctx: ParallelContext) -> torch.Tensor:
+        """In the training micro-batches (same groups of samples as a step's)."""
+        total = torch.zeros((), device=batch.inputs.device)
         with ctx.loss_context():
-            logits = self.model(batch.inputs, mask=batch.mask, positions=batch.positions)
-            return to_local_value(objective.loss(logits, batch.labels))
+            for micro in batch.split(min(self.microbatches, batch.inputs.shape[0])):
+                logits = self.model(micro.inputs, mask=micro.mask, positions=micro.positions)
+                total = total + to_local_value(objective.loss(logits, micro.labels))
+        return total
