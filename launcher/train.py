@@ -17,7 +17,6 @@ import yaml
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
-from triforge.parallel.dims import ParallelConfig
 from triforge.parallel.mesh import build_meshes
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
@@ -37,7 +36,6 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
         raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
                           f"model.n_layers({job.model.n_layers}), or -1 for off")
     p, t = job.parallel, job.trainer
-    check_moe_job(job, p)
     try:
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
@@ -50,17 +48,6 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
     return dims
-
-
-def check_moe_job(job: JobConfig, parallel: ParallelConfig) -> None:
-    """What mixture-of-experts layers cannot do yet, refused before any work (a Mixtral
-    directory for checkpoint.init_from_hf is checked against the model like a Llama one)."""
-    if not job.model.moe.enabled:
-        return
-    if parallel.tp > 1:
-        raise ConfigError(f"config: model {job.model.name} has mixture-of-experts layers, which "
-                          "have no tensor-parallel plan yet; use parallel.tp=1 with data, "
-                          "FSDP or pipeline parallelism")
 
 
 def check_run_dir(run_dir: str) -> Path:

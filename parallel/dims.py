@@ -162,10 +162,13 @@ class ParallelDims:
         if self.ep > 1 and num_experts % self.ep:
             raise ValueError(f"parallel.ep({self.ep}) must divide model.moe.num_experts"
                              f"({num_experts})")
-        if self.ep > 1 and (self.dp_replicate > 1 or self.tp > 1):
-            raise ValueError(f"parallel.ep({self.ep}) is supported with FSDP (dp_shard) and "
-                             "pipeline parallelism so far: set parallel.dp_replicate and tp "
-                             "to 1")
+        if self.ep > 1 and self.dp_replicate > 1:
+            raise ValueError(f"parallel.ep({self.ep}) is supported with FSDP (dp_shard), tensor "
+                             "and pipeline parallelism so far: set parallel.dp_replicate=1")
+        if num_experts and self.tp > 1 and self.ep == 1:
+            raise ValueError(f"tp({self.tp}) with mixture-of-experts layers splits the experts "
+                             "over the tp ranks by expert parallelism: set parallel.ep to a "
+                             f"multiple of tp, e.g. parallel.ep={self.tp}")
         if self.cp > 1:
             raise ValueError(f"parallel.cp({self.cp}): context parallelism is not available "
                              "yet; use 1")

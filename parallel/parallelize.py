@@ -11,7 +11,7 @@ from torch import nn
 
 from .activation_checkpoint import apply_ac
 from .dims import ParallelDims
-from .expert_parallel import apply_ep
+from .expert_parallel import apply_ep, apply_global_balance
 from .mesh import RoleMeshes
 from .tensor_parallel import apply_tp
 
@@ -25,12 +25,15 @@ class ParallelOptions:
 
 def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
                 opts: ParallelOptions, *, wrap_data_parallel: Callable[[nn.Module], None]) -> None:
-    """Apply the layout to ``model`` in place: TP, activation checkpointing, then the
-    data-parallel engine's wrapping (FSDP2 over the dense FSDP mesh, or another engine's).
+    """Apply the layout to ``model`` in place: TP, EP, the routers' global balance counts,
+    activation checkpointing, then the data-parallel engine's wrapping (FSDP2 over the dense
+    FSDP mesh, or another engine's).
     With ``meshes`` None (one process) tensor parallelism does not apply."""
     if meshes is not None and dims.tp > 1:
         apply_tp(model, meshes.tp, sequence_parallel=opts.sequence_parallel)
     if meshes is not None and dims.ep > 1:
-        apply_ep(model, meshes.ep)
+        apply_ep(model, meshes.ep, tp_mesh=meshes.tp if dims.tp > 1 else None)
+    if meshes is not None and dims.dp * dims.cp > 1:
+        apply_global_balance(model, meshes.loss)
     apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
     wrap_data_parallel(model)

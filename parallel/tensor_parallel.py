@@ -5,6 +5,15 @@ all-reduce forward and one backward (or, with sequence parallelism, an all-gathe
 reduce-scatter that keep activations outside attention/MLP sharded along the sequence).
 The embedding is vocab-parallel and the head column-wise with its output kept sharded over
 the vocabulary, so the loss is computed without gathering full-vocabulary logits.
+
+Mixture-of-experts blocks: the layer takes the whole micro-batch on every tp rank (gathered
+along the sequence under sequence parallelism) and routes it alike everywhere, with the
+router replicated; its output leaves as the residual layout again. The shared experts are
+tensor-parallel like a dense feed-forward. The routed experts are not split here: expert
+parallelism takes the tp ranks into its expert group, and each tp rank sends only its share
+of the routed rows (parallel/expert_parallel.py). Routing on the whole micro-batch costs one
+router matmul per tp rank, and keeps every router, capacity and balance scope exactly what
+it is in one process.
 """
 
 from __future__ import annotations
@@ -14,13 +23,16 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
+    ParallelStyle,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
 )
 
 from triforge.models.feed_forward import FeedForward
+from triforge.models.moe.layer import MoEFeedForward
 
 
 def _replicate_params(module: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -38,18 +50,43 @@ def _replicate_params(module: nn.Module, tp_mesh: DeviceMesh) -> None:
     distribute_module(module, tp_mesh, input_fn=to_replicate, output_fn=to_local)
 
 
-def _swiglu_plan(residual) -> dict:
+class Replicated(ParallelStyle):
+    """A plan entry for a module computed alike on every tp rank on plain tensors:
+    parameters replicated (see ``_replicate_params``)."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        _replicate_params(module, device_mesh)
+        return module
+
+
+def _swiglu_plan(ffn: nn.Module, residual, prefix: str = "feed_forward") -> dict:
+    del ffn
     return {
-        "feed_forward": PrepareModuleInput(input_layouts=(residual,),
-                                           desired_input_layouts=(Replicate(),)),
-        "feed_forward.w1": ColwiseParallel(),
-        "feed_forward.w3": ColwiseParallel(),
-        "feed_forward.w2": RowwiseParallel(output_layouts=residual),
+        prefix: PrepareModuleInput(input_layouts=(residual,),
+                                   desired_input_layouts=(Replicate(),)),
+        f"{prefix}.w1": ColwiseParallel(),
+        f"{prefix}.w3": ColwiseParallel(),
+        f"{prefix}.w2": RowwiseParallel(output_layouts=residual),
     }
 
 
+def _moe_plan(ffn: nn.Module, residual) -> dict:
+    # In: the whole micro-batch as a plain tensor (an all-gather along the sequence under
+    # sequence parallelism). Out: that rank's part of the residual again (a local slice).
+    plan = {
+        "feed_forward": PrepareModuleInputOutput(
+            input_layouts=(residual,), desired_input_layouts=(Replicate(),),
+            use_local_input=True, output_layouts=(Replicate(),),
+            desired_output_layouts=(residual,), use_local_output=True),
+        "feed_forward.router.gate": Replicated(),
+    }
+    if ffn.shared is not None:
+        plan.update(_swiglu_plan(ffn.shared, Replicate(), prefix="feed_forward.shared"))
+    return plan
+
+
 # One plan per feed-forward type: a block's plan is its attention's plus its feed-forward's.
-FEED_FORWARD_PLANS = {FeedForward: _swiglu_plan}
+FEED_FORWARD_PLANS = {FeedForward: _swiglu_plan, MoEFeedForward: _moe_plan}
 
 
 def _block_plan(block: nn.Module, *, sequence_parallel: bool) -> dict:
@@ -68,7 +105,7 @@ def _block_plan(block: nn.Module, *, sequence_parallel: bool) -> dict:
         "attention.wk": ColwiseParallel(),
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(output_layouts=residual),
-        **ffn_plan(residual),
+        **ffn_plan(block.feed_forward, residual),
     }
     if sequence_parallel:
         plan["attention_norm"] = SequenceParallel()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 ROUTERS = ("token_choice", "expert_choice")
 SCORES = ("softmax", "sigmoid")
 DROP_POLICIES = ("probability", "position")
-AUX_SCOPES = ("micro_batch", "sequence")
+AUX_SCOPES = ("micro_batch", "sequence", "global")
 
 
 @dataclass
@@ -25,7 +25,10 @@ class RouterConfig:
     capacity_factor: float = 0.0
     drop_policy: str = "probability"  # over capacity: drop the lowest gates, or the latest
     aux_loss_coeff: float = 0.01  # Switch balance loss E * sum_i f_i * P_i (1 when balanced)
-    aux_loss_scope: str = "micro_batch"  # f and P over the micro-batch, or per sequence
+    # f and P over the micro-batch, or per sequence (then meaned), or global: f over the
+    # micro-batches of all data-parallel ranks at once (the global batch when there is no
+    # gradient accumulation; Qwen's global-batch balance), see models/moe/router.py.
+    aux_loss_scope: str = "micro_batch"
     z_loss_coeff: float = 0.0  # router z-loss mean(logsumexp(logits)^2) (ST-MoE)
     # Auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias added to the scores for
     # the choice only, moved by bias_update_rate * sign(mean count - count) once per step.

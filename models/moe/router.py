@@ -9,7 +9,10 @@ balance loss and the z-loss). Scores are computed in fp32 whatever the compute d
   experts or a sigmoid each). With a capacity, an expert over it keeps its highest gates
   (``drop_policy=probability``) or its earliest tokens (``position``); a dropped assignment
   adds nothing, the token keeps its residual. An expert bias (auxiliary-loss-free
-  balancing) shifts the choice only; gates come from the unbiased scores.
+  balancing) shifts the choice only; gates come from the unbiased scores. The balance loss
+  is per micro-batch, per sequence, or global: counts summed over the data-parallel ranks
+  in forward (``reduce_counts``, installed by the layout), so a rank's micro-batch is
+  balanced as part of all ranks' (a micro-batch of one domain need not be balanced alone).
 - ``ExpertChoiceRouter``: each expert takes its ``capacity`` highest-scoring tokens of the
   micro-batch (Zhou et al. 2022): balanced by construction, but a token's experts depend on
   the other tokens of the micro-batch, later positions included. Under causal LM that lets
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +59,29 @@ def capacity(cfg: RouterConfig, *, tokens: int, top_k: int, num_experts: int) ->
     return min(tokens, math.ceil(cfg.capacity_factor * tokens * top_k / num_experts))
 
 
-def balance_loss(probs: torch.Tensor, top: torch.Tensor, *, seq_len: int, scope: str
-                 ) -> torch.Tensor:
+class CountReducer(Protocol):
+    """Sums a per-expert count vector over the ranks that share a global batch (set from
+    outside by the layout, parallel/expert_parallel.py; None in one process)."""
+
+    def __call__(self, counts: torch.Tensor) -> torch.Tensor: ...
+
+
+def balance_loss(probs: torch.Tensor, top: torch.Tensor, *, seq_len: int, scope: str,
+                 reduce_counts: CountReducer | None = None) -> torch.Tensor:
     """Switch's E * sum_i f_i * P_i: f_i the share of assignments to expert i (no gradient),
     P_i the mean probability of i; 1 at perfect balance. ``probs`` (T, E) sum to 1 per
-    token, ``top`` (T, k) the chosen experts; per micro-batch or per sequence (then meaned)."""
+    token, ``top`` (T, k) the chosen experts; per micro-batch, per sequence (then meaned),
+    or ``global``: f from the counts summed by ``reduce_counts`` over the data-parallel
+    ranks, P this rank's. The gradient reduction then averages E * sum_i f_i * P_i over the
+    ranks, which is the loss of the union of their micro-batches (equal token counts), with
+    its exact gradient and no collective in backward."""
     n_tokens, n_experts = probs.shape
     groups = n_tokens // seq_len if scope == "sequence" else 1
     chosen = F.one_hot(top, n_experts).sum(dim=1).view(groups, -1, n_experts).float()
-    share = chosen.sum(dim=1) / (chosen.shape[1] * top.shape[1])
+    counts = chosen.sum(dim=1)
+    if scope == "global" and reduce_counts is not None:
+        counts = reduce_counts(counts)
+    share = counts / counts.sum(dim=-1, keepdim=True)
     mean_prob = probs.view(groups, -1, n_experts).mean(dim=1)
     return n_experts * (share * mean_prob).sum(dim=-1).mean()
 
@@ -89,22 +107,39 @@ def expert_order(expert: torch.Tensor, gate: torch.Tensor, *, num_experts: int, 
     return order[rank_in_expert < cap], counts.clamp(max=cap)
 
 
+class RouterGate(nn.Module):
+    """The router's linear map to one logit per expert, computed in fp32 (the same parameter
+    name, ``gate.weight``, as an ``nn.Linear``). A module of its own so that a layout can
+    replicate it (tensor parallelism makes it a replicated DTensor) without touching the
+    routing around it."""
+
+    def __init__(self, d_model: int, num_experts: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Linear's default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight.float())
+
+
 class TokenChoiceRouter(nn.Module):
     def __init__(self, d_model: int, num_experts: int, top_k: int, cfg: RouterConfig):
         super().__init__()
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = RouterGate(d_model, num_experts)
         # Selection-only bias of auxiliary-loss-free balancing: state (checkpointed), not a
         # parameter; the trainer moves it after each optimizer step (trainer/moe_balance.py).
         self.register_buffer("expert_bias", torch.zeros(num_experts))
+        self.reduce_counts: CountReducer | None = None  # plain attribute: not state
 
     def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
         """x (T, d) of T = batch * seq_len tokens."""
-        logits = F.linear(x.float(), self.gate.weight.float())
+        logits = self.gate(x)
         bias = self.expert_bias if self.cfg.bias_update_rate > 0 else None
         top, gates, probs = gating(logits, bias, top_k=self.top_k, score=self.cfg.score,
                                    renormalize=self.cfg.renormalize)  # (T, k), (T, k), (T, E)
-        balance = balance_loss(probs, top, seq_len=seq_len, scope=self.cfg.aux_loss_scope)
+        balance = balance_loss(probs, top, seq_len=seq_len, scope=self.cfg.aux_loss_scope,
+                               reduce_counts=self.reduce_counts)
         expert, gate = top.reshape(-1), gates.reshape(-1)
         cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
                        num_experts=self.num_experts)
@@ -124,11 +159,11 @@ class ExpertChoiceRouter(nn.Module):
     def __init__(self, d_model: int, num_experts: int, top_k: int, cfg: RouterConfig):
         super().__init__()
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = RouterGate(d_model, num_experts)
 
     def forward(self, x: torch.Tensor, *, seq_len: int) -> Routing:
         del seq_len  # the choice is over the whole micro-batch
-        logits = F.linear(x.float(), self.gate.weight.float())
+        logits = self.gate(x)
         scores = router_scores(logits, self.cfg.score)
         cap = capacity(self.cfg, tokens=x.shape[0], top_k=self.top_k,
                        num_experts=self.num_experts)

@@ -150,13 +150,15 @@ def resume_and_compare(name: str, checkpoint: Path, layout, common: list[str],
 
 # Mixture-of-experts checkpoints: expert weights (sharded along the expert dimension under
 # expert parallelism, along dim 0 by FSDP otherwise, whole in one process), their Adam
-# moments and the routers' selection bias reshard between ep2, one process and fsdp2.
+# moments and the routers' selection bias reshard between ep2, one process and fsdp2, and
+# from ep over the tp ranks (dense weights tensor-parallel) to ep over data ranks.
 MOE = [*("model=moe_tiny" if a == "model=tiny" else a for a in NO_SAVES),
        "model.moe.router.z_loss_coeff=1e-3", "model.moe.router.bias_update_rate=1e-2"]
 MOE_LAYOUTS = {"1": (1, []), "ep2": (2, ["parallel.dp_shard=2", "parallel.ep=2"]),
                "fsdp2": PARITY["fsdp2"],
-               "ep2_fsdp2": (4, ["parallel.dp_shard=4", "parallel.ep=2"])}
-MOE_CYCLE = [("1", "ep2"), ("ep2", "1"), ("ep2", "fsdp2"),
+               "ep2_fsdp2": (4, ["parallel.dp_shard=4", "parallel.ep=2"]),
+               "ep2_tp2": (2, ["parallel.tp=2", "parallel.ep=2"])}
+MOE_CYCLE = [("1", "ep2"), ("ep2", "1"), ("ep2", "fsdp2"), ("ep2_tp2", "ep2"),
              pytest.param("ep2", "ep2_fsdp2", marks=pytest.mark.slow),
              pytest.param("ep2_fsdp2", "fsdp2", marks=pytest.mark.slow)]
 

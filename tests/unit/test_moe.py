@@ -119,6 +119,30 @@ def test_balance_loss_is_one_when_balanced_and_e_when_collapsed():
     assert balance_loss(probs, top, seq_len=4, scope="micro_batch").item() == e / 2
 
 
+def test_global_balance_averaged_over_ranks_is_the_balance_of_their_union():
+    # Two data-parallel "ranks" holding halves of one batch, each collapsed onto another
+    # expert: alone each looks as bad as can be (e); as parts of the union they are
+    # balanced, and the mean of their global losses is the union's, gradient included.
+    torch.manual_seed(0)
+    e, t = 4, 16
+    top = torch.cat([torch.tensor([[0, 1]] * 8), torch.tensor([[2, 3]] * 8)])
+    logits = (torch.randn(t, e) + 3 * F.one_hot(top, e).sum(dim=1)).requires_grad_()
+    probs = logits.softmax(-1)  # mostly on the chosen experts
+    halves = [(probs[:8], top[:8]), (probs[8:], top[8:])]
+    union_counts = F.one_hot(top, e).sum(dim=(0, 1)).float()
+    per_rank = [balance_loss(p, c, seq_len=4, scope="global",
+                             reduce_counts=lambda _counts: union_counts[None])
+                for p, c in halves]
+    whole = balance_loss(probs, top, seq_len=4, scope="micro_batch")
+    mean = sum(per_rank) / 2
+    assert torch.allclose(mean, whole, rtol=1e-6, atol=0)
+    grad_mean, = torch.autograd.grad(mean, logits, retain_graph=True)
+    grad_whole, = torch.autograd.grad(whole, logits)
+    assert torch.allclose(grad_mean, grad_whole, rtol=1e-5, atol=1e-7)
+    alone = balance_loss(*halves[0], seq_len=4, scope="micro_batch")
+    assert alone.item() > 1.5 * whole.item()  # the local scope would push these apart
+
+
 def test_z_loss_is_the_mean_squared_logsumexp():
     r = token_choice()
     x = torch.randn(5, 16)
@@ -265,21 +289,17 @@ def test_ties_go_to_the_lowest_index_whatever_the_other_scores():
             assert top_indices(scores, k).tolist() == order[:k]
 
 
-def test_what_moe_models_cannot_do_yet_is_refused_before_any_work():
-    from triforge.errors import ConfigError
-    from triforge.launcher.env import ProcessEnv
-    from triforge.launcher.train import resolve_layout
-    job = load_config(["model=moe_tiny", "parallel.tp=2"])
-    with pytest.raises(ConfigError, match="no tensor-parallel plan yet; use parallel.tp=1"):
-        resolve_layout(job, ProcessEnv(world_size=2))
-
-
 @pytest.mark.parametrize(("overrides", "world", "message"), [
     (["model=tiny", "parallel.ep=2"], 2, r"parallel.ep\(2\) needs a mixture-of-experts model"),
     (["model=moe_tiny", "model.moe.num_experts=3", "model.moe.top_k=1", "parallel.ep=2"], 2,
      r"parallel.ep\(2\) must divide model.moe.num_experts\(3\)"),
     (["model=moe_tiny", "parallel.ep=2", "parallel.dp_replicate=2", "parallel.dp_shard=2"], 4,
-     r"set parallel.dp_replicate and tp to 1"),
+     r"set parallel.dp_replicate=1"),
+    (["model=moe_tiny", "parallel.tp=2"], 2,
+     r"tp\(2\) with mixture-of-experts layers .* set parallel.ep to a multiple of tp, "
+     r"e.g. parallel.ep=2"),
+    (["model=moe_tiny", "parallel.tp=2", "parallel.ep=1", "parallel.dp_shard=2"], 4,
+     r"parallel.ep=2"),
 ])
 def test_expert_parallel_layouts_it_cannot_run_are_refused(overrides, world, message):
     from triforge.errors import ConfigError
