@@ -21,7 +21,7 @@ from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
-from triforge.trainer.flops import device_peak_flops, flops_per_token
+from triforge.trainer.flops import PeakFlops, flops_per_token
 from triforge.trainer.layer_drop import LayerDrop
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
 from triforge.trainer.loss_scale import LossScaler
@@ -198,12 +198,12 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     apply_init_from_hf(job, parts, vocab, ctx, log=log)
     attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
     non_emb = job.model.num_params(vocab, embedding=False, active=True)  # MFU: active only
-    peak, peak_src = device_peak_flops(device, job.logging.peak_flops)
+    peak = PeakFlops(device, job.logging.peak_flops, precision.compute_dtype)
     active = (f" ({job.model.num_params(vocab, active=True) / 1e6:.2f}M active)"
               if job.model.moe.enabled else "")
     log(f"model {job.model.name}: {job.model.num_params(vocab) / 1e6:.2f}M parameters{active}, "
         f"vocab {vocab}, on {device} x {dims.world_size}; "
-        f"MFU against {peak / 1e12:.2f} TFLOP/s per device ({peak_src})")
+        f"MFU against {peak.value / 1e12:.2f} TFLOP/s per device ({peak.source})")
     run_dir = Path(job.run.dir)
     evaluator = None
     if val_loader is not None and job.trainer.eval_every:
@@ -219,7 +219,8 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
         throughput=Throughput(
             flops_per_token=flops_per_token(non_emb, job.model.n_layers, job.model.d_model,
                                             job.trainer.seq_len),
-            peak_flops=peak, num_devices=dims.world_size, device=device,
+            peak=peak, num_devices=dims.world_size, device=device,
+            warn=log,
         ),
         sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job),
         precision=precision, scaler=LossScaler(job.precision, enabled=precision.loss_scaling),

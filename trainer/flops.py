@@ -28,33 +28,59 @@ def flops_per_token(n_params_non_embedding: int, n_layers: int, d_model: int, se
     return 6 * n_params_non_embedding + 12 * n_layers * d_model * seq_len
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of a large square matmul on ``device``: the CPU 'peak' MFU is measured against,
-    since CPUs have no spec-sheet number that a framework could look up. The best of several
-    trials is taken, so a briefly busy machine does not lower the peak (and inflate MFU)."""
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, *,
+                        trials: int = 5) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` on ``device``: the CPU 'peak' MFU is
+    measured against, since CPUs have no spec-sheet number that a framework could look up.
+    The best of ``trials`` bursts of 0.1 s is taken (after one to warm up threads and caches),
+    so a briefly busy machine does not lower the peak (and inflate MFU)."""
     n = 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0
-    for trial in range(6):
+    for trial in range(trials + 1):
         reps, start = 0, time.perf_counter()
         while reps < 2 or time.perf_counter() - start < 0.1:
             torch.matmul(a, b)
             reps += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if trial > 0:  # the first trial warms up threads and caches
+        if trial > 0:
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     return best
 
 
-def device_peak_flops(device: torch.device, configured: float) -> tuple[float, str]:
-    """(peak FLOP/s, where it came from) for MFU: configured, a known GPU, or measured."""
-    if configured > 0:
-        return configured, "configured"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16.items():
-            if key in name:
-                return peak, f"{name} bf16 spec"
-    return measure_matmul_peak(device), "measured fp32 matmul"
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class PeakFlops:
+    """The per-device peak that MFU divides by, for the run's compute dtype: configured
+    (``logging.peak_flops``), a known GPU's dense bf16/fp16 spec, or measured.
+
+    A measured peak is only as good as the moment it was measured: contention then gives a
+    low peak and an MFU far above 100 %. So it is measured again at the first ``REFINE``
+    reports and whenever MFU comes out above 100 %, keeping the best; MFU still above 100 %
+    after that gets one warning naming the fix."""
+
+    REFINE = 3
+
+    def __init__(self, device: torch.device, configured: float, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.measured = False
+        name = DTYPE_NAMES.get(dtype, str(dtype))
+        if configured > 0:
+            self.value, self.source = configured, "configured"
+            return
+        if device.type == "cuda" and dtype != torch.float32:
+            gpu = torch.cuda.get_device_name(device)
+            for key, peak in GPU_PEAK_BF16.items():
+                if key in gpu:
+                    self.value, self.source = peak, f"{gpu} {name} spec"
+                    return
+        self.value, self.source = measure_matmul_peak(device, dtype), f"measured {name} matmul"
+        self.measured = True
+
+    def refine(self) -> None:
+        """One more measurement (two bursts); the best peak so far is kept."""
+        if self.measured:
+            self.value = max(self.value, measure_matmul_peak(self.device, self.dtype, trials=2))
