@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,3 +71,21 @@ def test_bad_data_found_by_the_main_rank_ends_every_rank_with_its_line(tmp_path,
     assert len(errors) == 2 and all(str(missing) in line for line in errors), proc.stderr
     assert "Traceback" not in proc.stderr
     assert "torchrun: workers exited (rank 0: 2, rank 1: 2); exiting 2" in proc.stderr
+
+
+@pytest.mark.parametrize(("data", "pattern"), [
+    (["data.format=megatron", "data.dir=@"], r"needs data.dir=PREFIX .* and data.vocab_size"),
+    (["data.format=megatron", "data.dir=@", "data.vocab_size=258"],
+     r"@.idx not found; data.format=megatron reads PREFIX.bin and PREFIX.idx"),
+    (["data.format=megatron", "data.dir=@", "data.vocab_size=258", "data.eos_id=300"],
+     r"data.eos_id\(300\) must be in \[0, data.vocab_size\(258\)\)"),
+])
+def test_a_megatron_dataset_that_is_missing_or_misconfigured_is_one_line(tmp_path, data,
+                                                                         pattern):
+    prefix = str(tmp_path / "corpus")  # "@" in the overrides and the expected line
+    cmd = [sys.executable, "-m", "triforge.launcher.train", *BASE,
+           *(d.replace("@", prefix) for d in data), f"run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern.replace("@", prefix), lines[0]), proc.stderr

@@ -62,3 +62,27 @@ def test_prepare_refuses_to_replace_what_is_not_a_dataset(tmp_path, corpus_dir, 
     assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0  # a dataset: replaced
     (tmp_path / "ds" / "index.json").write_text("{damaged")  # the rebuild its errors suggest
     assert prepare_main([f"data.dir={tmp_path / 'ds'}", *source]) == 0
+
+
+def test_a_dataset_written_as_megatron_files_trains_exactly_like_the_original(tmp_path,
+                                                                              corpus_dir):
+    """Same documents, same train/val split, same windows: the same losses, bit for bit."""
+    out, prefix = tmp_path / "shards", tmp_path / "mega" / "corpus"
+    source = [f"data.paths=[{corpus_dir}]", "data.val_every=4"]
+    assert prepare_main([f"data.dir={out}", *source, "data.output_format=megatron",
+                         f"data.output_prefix={prefix}"]) == 0
+    common = ["model=tiny", "trainer.max_steps=4", "trainer.batch_size=2", "trainer.seq_len=32",
+              "logging.wandb.enabled=false", "logging.progress_bar=false",
+              "trainer.eval_every=2", "trainer.log_every=1", "optim.warmup_steps=1",
+              "trainer.sample_at_end=false",
+              "data.val_every=4"]
+    runs = {"shards": [f"data.dir={out}"],
+            "megatron": ["data.format=megatron", f"data.dir={prefix}", "data.vocab_size=258",
+                         "data.eos_id=256"]}  # the byte tokenizer's vocabulary and <eos>
+    records = {}
+    for name, data in runs.items():
+        train(load_config([*common, *data, f"run.dir={tmp_path}/run_{name}"]), log=lambda *_: None)
+        lines = (tmp_path / f"run_{name}" / "metrics.jsonl").read_text().splitlines()
+        records[name] = [(r["loss"], r.get("val_loss")) for r in map(json.loads, lines)]
+    assert len(records["shards"]) == 4 and records["shards"][1][1] is not None
+    assert records["megatron"] == records["shards"]

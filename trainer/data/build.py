@@ -9,8 +9,9 @@ from triforge.errors import DataError
 
 from .config import DataConfig
 from .corpus import read_documents, source_files, sources_fingerprint
+from .megatron import MegatronDataset
 from .shards import Dataset, write_dataset
-from .tokenizer import BPETokenizer, ByteTokenizer
+from .tokenizer import BPETokenizer, ByteTokenizer, IdTokenizer
 
 
 def _tokenizer_key(cfg: DataConfig) -> str:
@@ -41,8 +42,14 @@ def cached_dataset_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() / f"{name}-{cfg.tokenizer}-{fingerprint}"
 
 
-def open_dataset(cfg: DataConfig, *, build_if_missing: bool, log=print) -> Dataset:
-    """Open ``data.dir``, or the cached build of the sources (building it on first use)."""
+def open_dataset(cfg: DataConfig, *, build_if_missing: bool, log=print
+                 ) -> Dataset | MegatronDataset:
+    """Open ``data.dir`` (a shard directory or, with ``data.format=megatron``, a Megatron
+    dataset prefix), or the cached build of the sources (building it on first use)."""
+    if cfg.format == "megatron":
+        eos = cfg.eos_id if cfg.eos_id >= 0 else cfg.vocab_size - 1
+        return MegatronDataset(Path(cfg.dir).expanduser(), IdTokenizer(cfg.vocab_size, eos),
+                               val_every=cfg.val_every, verify_checksums=cfg.verify_checksums)
     if cfg.dir:
         root = Path(cfg.dir).expanduser()
         if not (root / "index.json").exists():

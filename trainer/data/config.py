@@ -13,9 +13,18 @@ class DataConfig:
         (or the built-in corpus when ``paths`` is empty) into ``cache_dir`` on first use.
     paths: text files or folders to build from.
     tokenizer: ``byte`` (256 bytes + special tokens) or ``bpe`` (trained locally).
+    format: ``triforge`` (a shard directory) or ``megatron``: ``dir`` is then the PREFIX of a
+        Megatron indexed dataset (PREFIX.bin + PREFIX.idx), whose ids come from a tokenizer
+        outside triforge: set ``vocab_size`` (and ``eos_id``, default the last id).
     """
 
     dir: str = ""
+    format: str = "triforge"
+    vocab_size: int = 0  # format=megatron: the vocabulary the ids come from
+    eos_id: int = -1  # format=megatron: end-of-document id (-1: vocab_size - 1)
+    # triforge-prepare: also write the dataset as Megatron files, output_prefix.{bin,idx}
+    output_format: str = "triforge"
+    output_prefix: str = ""
     paths: list[str] = field(default_factory=list)
     tokenizer: str = "byte"
     bpe_vocab_size: int = 4096
@@ -35,3 +44,15 @@ class DataConfig:
             raise ValueError("data.reset_positions=true needs data.document_masking=true")
         if self.val_every < 2:
             raise ValueError(f"data.val_every({self.val_every}) must be >= 2")
+        if self.format not in ("triforge", "megatron"):
+            raise ValueError(f"data.format='{self.format}' must be 'triforge' or 'megatron'")
+        if self.format == "megatron" and not (self.dir and self.vocab_size > 0):
+            raise ValueError("data.format=megatron needs data.dir=PREFIX (of PREFIX.bin and "
+                             "PREFIX.idx) and data.vocab_size=N (the tokenizer's vocabulary)")
+        if self.output_format not in ("triforge", "megatron") or (
+                self.output_format == "megatron" and not self.output_prefix):
+            raise ValueError(f"data.output_format='{self.output_format}' must be 'triforge' or "
+                             "'megatron' (with data.output_prefix=PATH for PATH.bin/.idx)")
+        if self.format == "megatron" and not -1 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"data.eos_id({self.eos_id}) must be in [0, data.vocab_size("
+                             f"{self.vocab_size})) or -1 (the last id)")

@@ -49,6 +49,28 @@ class ByteTokenizer:
         return {"kind": "byte", "vocab_size": self.vocab_size}
 
 
+class IdTokenizer:
+    """Token ids of a tokenizer triforge does not have (a Megatron dataset's): the
+    vocabulary size and end-of-document id as configured; text in or out is shown as ids
+    (a prompt is a list of integers, a sample prints its ids)."""
+
+    def __init__(self, vocab_size: int, eos_id: int) -> None:
+        self.vocab_size, self.eos_id, self.pad_id = vocab_size, eos_id, eos_id
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            ids = [int(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            ids = []
+        return np.array(ids or [self.eos_id], dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def describe(self) -> dict:
+        return {"kind": "ids", "vocab_size": self.vocab_size, "eos_id": self.eos_id}
+
+
 class BPETokenizer:
     """Byte-level BPE from the ``tokenizers`` library, stored next to the shards."""
 
