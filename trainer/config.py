@@ -49,7 +49,8 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``."""
+    """AdamW with linear warmup, then cosine or linear decay to ``lr * min_lr_ratio``, a
+    constant rate, or warmup-stable-decay."""
 
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -58,7 +59,10 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # cosine | linear | constant | wsd
+    # wsd (warmup-stable-decay): lr held after warmup, then a linear decay to
+    # lr * min_lr_ratio over the last decay_steps steps (Hu et al. 2024, Hägele et al. 2024)
+    decay_steps: int = 0
 
     def validate(self) -> None:
         if self.lr <= 0 or self.eps <= 0:
@@ -71,8 +75,12 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps({self.warmup_steps}) must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"optim.beta1({self.beta1}), beta2({self.beta2}) must be in [0, 1)")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"optim.schedule='{self.schedule}' must be cosine, linear or constant")
+        if self.schedule not in ("cosine", "linear", "constant", "wsd"):
+            raise ValueError(f"optim.schedule='{self.schedule}' must be cosine, linear, "
+                             "constant or wsd")
+        if self.decay_steps < 0 or (self.schedule == "wsd" and not self.decay_steps):
+            raise ValueError(f"optim.decay_steps({self.decay_steps}) must be >= 0, and > 0 "
+                             "with optim.schedule=wsd (the steps of its final decay)")
 
 
 @dataclass

@@ -50,11 +50,16 @@ class Optimizers:
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay."""
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then decay (or
+    none, or wsd's plateau and final decay)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "wsd":  # stable until the last decay_steps, then linear to the floor
+        decay_steps = max(1, min(cfg.decay_steps, max_steps - cfg.warmup_steps))
+        progress = min(1.0, max(0.0, (step - (max_steps - decay_steps)) / decay_steps))
+        return cfg.lr * (1.0 - (1.0 - cfg.min_lr_ratio) * progress)
     decay_steps = max(1, max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
     if cfg.schedule == "cosine":

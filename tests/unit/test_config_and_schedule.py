@@ -153,3 +153,14 @@ def test_a_malformed_launcher_environment_is_one_error(environ, pattern):
     with pytest.raises(EnvError, match=pattern) as err:
         read_env(environ)
     assert "\n" not in str(err.value)
+
+
+def test_wsd_warms_up_holds_then_decays_linearly_over_its_last_steps():
+    cfg = OptimConfig(lr=1.0, warmup_steps=9, min_lr_ratio=0.1, schedule="wsd", decay_steps=20)
+    lrs = [lr_at(s, cfg, max_steps=100) for s in range(100)]
+    assert lrs[:9] == pytest.approx([(s + 1) / 10 for s in range(9)])  # warmup
+    assert set(lrs[9:80]) == {1.0}  # stable: the rate a continued run can branch off from
+    assert lrs[80:] == pytest.approx([1.0 - 0.9 * i / 20 for i in range(20)])
+    assert lr_at(100, cfg, max_steps=100) == pytest.approx(0.1)  # the floor after the end
+    with pytest.raises(ValueError, match=r"optim.decay_steps\(0\) .* > 0 with optim.schedule=wsd"):
+        OptimConfig(schedule="wsd").validate()
