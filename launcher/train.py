@@ -106,6 +106,11 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
     if resume_from is not None:
         trainer.resume(resume_from)
         log(f"resumed from {resume_from} at step {trainer.state.step}")
+    elif job.checkpoint.init_from:  # a continued run's start; its own checkpoints win later
+        start = Path(job.checkpoint.init_from).expanduser()
+        trainer.start_from(start, optimizer=job.checkpoint.load == "weights+optimizer")
+        log(f"started from {start} (checkpoint.load={job.checkpoint.load}): step 0, with "
+            "this run's schedule and data")
     if trainer.state.step >= (job.trainer.stop_at_step or job.trainer.max_steps):
         log(f"{run_dir} is already at step {trainer.state.step}; raise trainer.max_steps "
             "or choose a new run.dir to train further")

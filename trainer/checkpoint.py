@@ -374,6 +374,17 @@ class Checkpointer:
             raise CheckpointError(f"{own} is unreadable ({type(exc).__name__}: {exc}); the "
                                   "checkpoint is damaged, resume from another one") from None
 
+    def load_start(self, path: Path, tensor_state) -> None:
+        """Another run's checkpoint as this run's start: verified against its manifest and
+        checked to fit the model (on every rank), then ``tensor_state``'s tensors loaded
+        (the model alone, or with the optimizer); no step, data cursor or RNG state."""
+        if not (path / TENSORS).is_dir():
+            raise CheckpointError(f"checkpoint.init_from={path} is not a checkpoint directory "
+                                  "(step_N, with its tensors)")
+        self.verify(path)
+        self._check_fits(path, tensor_state)
+        self.load_tensors(path, tensor_state)
+
     @staticmethod
     def load_tensors(path: Path, tensor_state) -> None:
         """Restore the tensors ``tensor_state.state_dict()`` asks for (a subset is fine)."""

@@ -95,10 +95,21 @@ class CheckpointConfig:
     # A Hugging Face Llama directory (e.g. from triforge-export) to start from instead of the
     # seed's random weights; ignored when a checkpoint is resumed.
     init_from_hf: str = ""
+    # Continual pretraining: start from another run's step_N checkpoint (ignored when this
+    # run resumes its own), loading its weights only (new optimizer, schedule from step 0,
+    # new data cursor) or its weights and optimizer state (Adam's moments and step count).
+    init_from: str = ""
+    load: str = "weights"  # weights | weights+optimizer
 
     def validate(self) -> None:
         if self.every < 0 or self.keep < 0:
             raise ValueError(f"checkpoint.every({self.every}) and keep({self.keep}) must be >= 0")
+        if self.load not in ("weights", "weights+optimizer"):
+            raise ValueError(f"checkpoint.load='{self.load}' must be weights or "
+                             "weights+optimizer")
+        if self.init_from and self.init_from_hf:
+            raise ValueError("checkpoint.init_from and checkpoint.init_from_hf both name "
+                             "initial weights; set one")
 
 
 @dataclass

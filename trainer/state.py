@@ -139,13 +139,17 @@ def _rename(flat: dict, aliases: dict[str, str]) -> dict:
 
 
 class ModelState:
-    """The model alone (e.g. for generation): loads the model part of a training checkpoint."""
+    """The model alone (generation, export, a continued run's start): loads the model part
+    of a training checkpoint into a model or into this rank's model parts."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module | list[nn.Module]):
+        self.parts = model if isinstance(model, list) else [model]
 
     def state_dict(self) -> dict:
-        return {"model": get_model_state_dict(self.model)}
+        return {"model": {k: v for part in self.parts
+                          for k, v in get_model_state_dict(part).items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        set_model_state_dict(self.model, state["model"])
+        for part in self.parts:
+            names = set(get_model_state_dict(part))
+            set_model_state_dict(part, {k: state["model"][k] for k in names})

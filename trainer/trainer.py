@@ -26,7 +26,7 @@ from .objectives import Objective
 from .optim import lr_at, set_lr
 from .precision import PrecisionPolicy
 from .runner import StepRunner
-from .state import RNGState, TrainState
+from .state import ModelState, RNGState, TrainState
 from .throughput import Throughput
 
 
@@ -210,3 +210,9 @@ class Trainer:
 
     def resume(self, path) -> None:
         self.checkpointer.load(path, self._tensor_state, self._json_state, self._rank_state)
+
+    def start_from(self, path, *, optimizer: bool) -> None:
+        """checkpoint.init_from: another run's weights (and optimizer state) as this run's
+        step 0; the schedule, data cursor and RNG streams stay this run's own."""
+        state = self._tensor_state if optimizer else ModelState(self.parts)
+        self.checkpointer.load_start(path, state)

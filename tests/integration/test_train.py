@@ -191,3 +191,41 @@ def test_async_save_writes_the_same_checkpoints(tmp_path, data_overrides):
                 assert torch.equal(flat_a[key], flat_b[key]), key
     assert losses(tmp_path / "sync") == losses(tmp_path / "async")
 
+
+
+def test_a_continued_run_starts_from_another_runs_weights_with_its_own_schedule(
+        tmp_path, data_overrides):
+    """checkpoint.init_from: step 0 of a new run on trained weights (and optionally the
+    optimizer state); a restart of the new run resumes its own checkpoints instead."""
+    base = [*data_overrides, "model=tiny", "trainer.batch_size=4", "trainer.seq_len=32",
+            "logging.wandb.enabled=false", "logging.progress_bar=false", "trainer.eval_every=0",
+            "trainer.sample_at_end=false", "trainer.log_every=1", "optim.warmup_steps=1",
+            "optim.lr=3e-3"]
+
+    def run(name: str, *extra: str) -> list[dict]:
+        train(load_config([*base, f"run.dir={tmp_path / name}", *extra]), log=lambda *_: None)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    old = run("old", "trainer.max_steps=6")
+    start = tmp_path / "old" / "checkpoints" / "step_6"
+    weights = run("weights", "trainer.max_steps=2", f"checkpoint.init_from={start}")
+    both = run("both", "trainer.max_steps=2", f"checkpoint.init_from={start}",
+               "checkpoint.load=weights+optimizer")
+    assert [r["step"] for r in weights] == [1, 2]  # step 0 again, a new schedule
+    # Trained weights on the new run's first batch (its own data cursor: the old run's
+    # first batch): far below the old run's first, random-weight loss.
+    assert weights[0]["loss"] < old[0]["loss"] - 0.5
+    assert both[0]["loss"] == weights[0]["loss"]  # same weights, same batch
+    assert both[1]["loss"] != weights[1]["loss"]  # Adam's moments carried over, or not
+    again = run("weights", "trainer.max_steps=3", f"checkpoint.init_from={start}")
+    assert [r["step"] for r in again] == [1, 2, 3]  # resumed its own step_2, appended step 3
+
+
+def test_init_from_a_path_that_is_not_a_checkpoint_is_one_line(tmp_path, data_overrides):
+    from triforge.errors import CheckpointError
+    job = load_config([*data_overrides, "model=tiny", f"run.dir={tmp_path / 'run'}",
+                       "logging.wandb.enabled=false", "trainer.max_steps=1",
+                       f"checkpoint.init_from={tmp_path}"])
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint directory \(step_N"):
+        train(job, log=lambda *_: None)
