@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from triforge.errors import ConfigError, TriforgeError
+from triforge.errors import ConfigError, DataError, TriforgeError
 from triforge.models import build_model, materialize
 from triforge.models.hf import check_hf_dir, read_hf_state_dict
 from triforge.parallel.context import ParallelContext
@@ -19,6 +20,8 @@ from triforge.parallel.parallelize import ParallelOptions, parallelize
 from triforge.parallel.pipeline import split_model, stage_layers
 from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
+from triforge.trainer.data.blend import BlendLoader, BlendSource, source_sampler
+from triforge.trainer.data.config import source_name
 from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import PeakFlops, flops_per_token
@@ -58,6 +61,8 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     dataset while the others wait, so ranks never race on the cache; a problem with the data
     it finds is raised on every rank, so all of them exit with its one line (status 2)
     rather than the others failing on a closed connection."""
+    if job.data.blend:
+        return build_blend_loaders(job, log=log)
     dataset, problem, failure = None, None, None
     if ctx.is_main:
         try:
@@ -84,13 +89,44 @@ def build_loaders(job: JobConfig, ctx: ParallelContext, *, log):
     docs = job.data.document_masking
     sampler = GlobalSampler(windows, seed=job.seed)
     loader = WindowLoader(train, seq, sampler, document_ids=docs)
-    val = dataset.split("val")
-    n_val = WindowLoader.num_samples(val, seq)
-    val_loader = None
-    if n_val:
-        val_sampler = GlobalSampler(n_val, seed=job.seed, shuffle=False)
-        val_loader = WindowLoader(val, seq, val_sampler, document_ids=docs)
-    return dataset, loader, val_loader
+    return dataset, loader, val_loaders({"": dataset}, job)
+
+
+def val_loaders(datasets: dict, job: JobConfig) -> dict[str, WindowLoader]:
+    """Each dataset's validation loader (in order), where its split holds a window."""
+    loaders, seq = {}, job.trainer.seq_len
+    for name, dataset in datasets.items():
+        val = dataset.split("val")
+        n_val = WindowLoader.num_samples(val, seq)
+        if n_val:
+            loaders[name] = WindowLoader(val, seq, GlobalSampler(n_val, seed=job.seed,
+                                                                 shuffle=False),
+                                         document_ids=job.data.document_masking)
+    return loaders
+
+
+def build_blend_loaders(job: JobConfig, *, log):
+    """(first source's dataset, blended train loader, each source's validation loader) for
+    ``data.blend``: prepared datasets (or Megatron prefixes) with one tokenizer."""
+    datasets, sources, seq = {}, [], job.trainer.seq_len
+    for i, src in enumerate(job.data.blend):
+        name = source_name(src)
+        cfg = dataclasses.replace(job.data, dir=src.path, format=src.format, blend=[])
+        dataset = open_dataset(cfg, build_if_missing=False, log=log)
+        windows = WindowLoader.num_samples(dataset.split("train"), seq)
+        if not windows:
+            raise DataError(f"data.blend source {name} ({src.path}) has fewer training tokens "
+                            f"than one window of trainer.seq_len({seq}) + 1")
+        sampler = source_sampler(windows, seed=job.seed, source=i)
+        sources.append(BlendSource(name, WindowLoader(dataset.split("train"), seq, sampler,
+                                                      document_ids=job.data.document_masking)))
+        datasets[name] = dataset
+    kinds = {name: d.tokenizer.describe() for name, d in datasets.items()}
+    if len({json.dumps(k, sort_keys=True) for k in kinds.values()}) > 1:
+        raise DataError(f"data.blend sources use different tokenizers ({kinds}); prepare them "
+                        "with one tokenizer")
+    loader = BlendLoader(sources, [src.weight for src in job.data.blend])
+    return next(iter(datasets.values())), loader, val_loaders(datasets, job)
 
 
 def build_sinks(job: JobConfig, env: ProcessEnv, run_dir: Path) -> list[MetricsSink]:
@@ -183,7 +219,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     """Everything ``Trainer.fit`` needs; returns (trainer, tokenizer)."""
     dims = ctx.dims
     seed_everything(job.seed)
-    dataset, loader, val_loader = build_loaders(job, ctx, log=log)
+    dataset, loader, val_loaders_by_source = build_loaders(job, ctx, log=log)
     objective = build_job_objective(job, dataset.tokenizer)
     try:
         vocab = job.model.padded_vocab(objective.vocab_size)
@@ -206,8 +242,8 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
         f"MFU against {peak.value / 1e12:.2f} TFLOP/s per device ({peak.source})")
     run_dir = Path(job.run.dir)
     evaluator = None
-    if val_loader is not None and job.trainer.eval_every:
-        evaluator = Evaluator(val_loader, objective, batch_size=job.trainer.batch_size,
+    if val_loaders_by_source and job.trainer.eval_every:
+        evaluator = Evaluator(val_loaders_by_source, objective, batch_size=job.trainer.batch_size,
                               num_batches=job.trainer.eval_batches, every=job.trainer.eval_every,
                               dp_rank=ctx.dp_rank, dp_size=dims.dp)
     trainer = Trainer(

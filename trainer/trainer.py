@@ -15,7 +15,7 @@ from triforge.parallel.context import ParallelContext
 
 from .checkpoint import Checkpointer
 from .config import OptimConfig, TrainerConfig
-from .data.loader import WindowLoader
+from .data.loader import BatchSource
 from .engine import DataParallelEngine
 from .evaluate import Evaluator
 from .hooks import StepHooks
@@ -54,7 +54,7 @@ class Trainer:
     engine: DataParallelEngine  # gradient sync, unscale, norm, clip and step; tensor state
     runner: StepRunner
     objective: Objective
-    loader: WindowLoader
+    loader: BatchSource
     evaluator: Evaluator | None
     checkpointer: Checkpointer
     throughput: Throughput

@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class BlendSourceConfig:
+    """One source of ``data.blend``: a prepared dataset directory (or, with
+    ``format=megatron``, a Megatron prefix), its weight, and its name in ``val_loss/<name>``
+    (default: the path's last part)."""
+
+    path: str = ""
+    weight: float = 1.0
+    name: str = ""
+    format: str = "triforge"
+
+
+@dataclass
 class DataConfig:
     """Where tokens come from.
 
@@ -22,6 +34,9 @@ class DataConfig:
     format: str = "triforge"
     vocab_size: int = 0  # format=megatron: the vocabulary the ids come from
     eos_id: int = -1  # format=megatron: end-of-document id (-1: vocab_size - 1)
+    # Weighted sources, e.g. [{path: A, weight: 0.9}, {path: B, weight: 0.1}] (trainer/data/
+    # blend.py); replaces dir/paths. Replay for continual pretraining is such a blend.
+    blend: list[BlendSourceConfig] = field(default_factory=list)
     # triforge-prepare: also write the dataset as Megatron files, output_prefix.{bin,idx}
     output_format: str = "triforge"
     output_prefix: str = ""
@@ -53,6 +68,26 @@ class DataConfig:
                 self.output_format == "megatron" and not self.output_prefix):
             raise ValueError(f"data.output_format='{self.output_format}' must be 'triforge' or "
                              "'megatron' (with data.output_prefix=PATH for PATH.bin/.idx)")
+        self._validate_blend()
         if self.format == "megatron" and not -1 <= self.eos_id < self.vocab_size:
             raise ValueError(f"data.eos_id({self.eos_id}) must be in [0, data.vocab_size("
                              f"{self.vocab_size})) or -1 (the last id)")
+
+    def _validate_blend(self) -> None:
+        names = [source_name(s) for s in self.blend]
+        for s in self.blend:
+            if not s.path or not (s.weight > 0 and s.weight < float("inf")):
+                raise ValueError(f"data.blend source {s.path or '(no path)'}: needs a path and "
+                                 f"a finite weight > 0 (got {s.weight})")
+            if s.format not in ("triforge", "megatron"):
+                raise ValueError(f"data.blend source {s.path}: format='{s.format}' must be "
+                                 "'triforge' or 'megatron'")
+        if any(s.format == "megatron" for s in self.blend) and self.vocab_size <= 0:
+            raise ValueError("data.blend has a megatron source: set data.vocab_size (and "
+                             "data.eos_id) for its ids")
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.blend source names {names} repeat; give each a name")
+
+
+def source_name(source: BlendSourceConfig) -> str:
+    return source.name or source.path.rstrip("/").split("/")[-1]

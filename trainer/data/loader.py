@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +25,18 @@ class TokenWindows:
     tokens: torch.Tensor
     doc_ids: torch.Tensor | None = None
     sample_ids: torch.Tensor | None = None
+
+
+class BatchSource(Protocol):
+    """What the trainer draws its batches from: one dataset's ``WindowLoader`` or a
+    ``BlendLoader`` (trainer/data/blend.py); its state is the data cursor."""
+
+    def next_batch(self, global_batch: int, *, dp_rank: int = 0, dp_size: int = 1
+                   ) -> TokenWindows: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class WindowLoader:
