@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,51 @@ def test_a_checkpoint_of_another_blend_is_refused():
         blend(weights=(0.5, 0.3, 0.2)).load_state_dict(saved)
     with pytest.raises(DataError, match="num_samples"):
         blend(sizes=(40, 25, 11)).load_state_dict(saved)
+
+
+# As tests/unit/test_data_resume.py for one source: token values equal positions (offset by
+# 10_000 per source), every rank has its own loader, the state goes through JSON, and the
+# sources are small enough that their epochs end inside global batches.
+SIZES, WEIGHTS, BATCH, STEPS = (13, 7), (0.7, 0.3), 8, 12
+
+
+def positional_blend() -> BlendLoader:
+    sources = []
+    for i, n in enumerate(SIZES):
+        split = TokenSplit(np.arange(n * SEQ + 1, dtype=np.uint32) + 10_000 * i,
+                           np.zeros(1, dtype=np.int64))
+        sources.append(BlendSource(f"s{i}", WindowLoader(split, SEQ, source_sampler(
+            n, seed=3, source=i))))
+    return BlendLoader(sources, list(WEIGHTS))
+
+
+def step(loaders: list[BlendLoader]) -> list[tuple[int, int]]:
+    """(source, sample) of every window of one global batch, rank 0's share first."""
+    out = []
+    for rank, loader in enumerate(loaders):
+        starts = loader.next_batch(BATCH, dp_rank=rank, dp_size=len(loaders)).tokens[:, 0]
+        out += [(int(t) // 10_000, int(t) % 10_000 // SEQ) for t in starts]
+    return out
+
+
+@pytest.mark.parametrize(("dp_before", "dp_after"), [(2, 1), (1, 4), (4, 2)])
+@pytest.mark.parametrize("resume_at", [3, 7])
+def test_blend_resumed_on_other_ranks_continues_the_one_rank_stream(dp_before, dp_after,
+                                                                     resume_at):
+    reference_loader = [positional_blend()]
+    reference = [s for _ in range(STEPS) for s in step(reference_loader)]
+    loaders = [positional_blend() for _ in range(dp_before)]
+    got = [s for _ in range(resume_at) for s in step(loaders)]
+    state = json.loads(json.dumps(loaders[0].state_dict()))
+    assert all(loader.state_dict() == state for loader in loaders)
+    loaders = [positional_blend() for _ in range(dp_after)]
+    for loader in loaders:
+        loader.load_state_dict(state)
+    got += [s for _ in range(STEPS - resume_at) for s in step(loaders)]
+    assert got == reference
+    for source, size in enumerate(SIZES):  # each epoch of a source: all its samples once
+        samples = [k for s, k in reference if s == source]
+        whole = len(samples) // size * size
+        assert whole >= 2 * size
+        for e in range(0, whole, size):
+            assert sorted(samples[e:e + size]) == list(range(size))
