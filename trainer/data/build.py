@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from triforge.errors import DataError
@@ -16,7 +17,7 @@ from .tokenizer import BPETokenizer, ByteTokenizer, IdTokenizer
 
 def _tokenizer_key(cfg: DataConfig) -> str:
     return json.dumps({"tokenizer": cfg.tokenizer, "bpe_vocab": cfg.bpe_vocab_size,
-                       "val_every": cfg.val_every})
+                       "val_every": cfg.val_every, "text_key": cfg.text_key})
 
 
 def build_dataset(cfg: DataConfig, out_dir: Path, *, log=print) -> Path:
@@ -26,12 +27,13 @@ def build_dataset(cfg: DataConfig, out_dir: Path, *, log=print) -> Path:
     what = "the Python standard library" if not cfg.paths else f"{len(files)} files"
     log(f"building dataset from {what} ({len(files)} documents) into {out_dir}")
     if cfg.tokenizer == "bpe":
-        tokenizer = BPETokenizer.train(read_documents(files), cfg.bpe_vocab_size)
+        tokenizer = BPETokenizer.train(read_documents(files, text_key=cfg.text_key),
+                                       cfg.bpe_vocab_size)
     else:
         tokenizer = ByteTokenizer()
-    return write_dataset(
-        out_dir, read_documents(files), tokenizer, val_every=cfg.val_every, fingerprint=fingerprint
-    )
+    return write_dataset(out_dir, read_documents(files, text_key=cfg.text_key), tokenizer,
+                         val_every=cfg.val_every, fingerprint=fingerprint,
+                         workers=cfg.prepare_workers or os.cpu_count() or 1)
 
 
 def cached_dataset_dir(cfg: DataConfig) -> Path:

@@ -44,6 +44,8 @@ class DataConfig:
     tokenizer: str = "byte"
     bpe_vocab_size: int = 4096
     val_every: int = 50  # every N-th document goes to the validation split
+    text_key: str = "text"  # .jsonl inputs: the field of each line's object holding the text
+    prepare_workers: int = 0  # processes that tokenize a build (0: one per core)
     cache_dir: str = "~/.cache/triforge"
     verify_checksums: bool = False
     document_masking: bool = False  # packed windows: tokens attend within their document only
@@ -59,6 +61,9 @@ class DataConfig:
             raise ValueError("data.reset_positions=true needs data.document_masking=true")
         if self.val_every < 2:
             raise ValueError(f"data.val_every({self.val_every}) must be >= 2")
+        if self.prepare_workers < 0 or not self.text_key:
+            raise ValueError(f"data.prepare_workers({self.prepare_workers}) must be >= 0 and "
+                             "data.text_key non-empty")
         if self.format not in ("triforge", "megatron"):
             raise ValueError(f"data.format='{self.format}' must be 'triforge' or 'megatron'")
         if self.format == "megatron" and not (self.dir and self.vocab_size > 0):

@@ -7,13 +7,14 @@ Python installation has it, so a first run needs no download.
 from __future__ import annotations
 
 import hashlib
+import json
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 from triforge.errors import DataError
 
-TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h")
+TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".jsonl", ".c", ".h")
 _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
 
 
@@ -57,7 +58,29 @@ def sources_fingerprint(files: list[Path], extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def read_documents(files: list[Path]) -> Iterator[str]:
-    """One document per file; undecodable bytes are replaced rather than failing the build."""
+def read_documents(files: list[Path], *, text_key: str = "text") -> Iterator[str]:
+    """The documents of ``files``, streamed: one per line of a ``.jsonl`` file (its
+    ``text_key`` field, the common interchange form), one per file otherwise. Undecodable
+    bytes are replaced rather than failing the build."""
     for f in files:
-        yield f.read_text(encoding="utf-8", errors="replace")
+        if f.suffix == ".jsonl":
+            yield from _jsonl_documents(f, text_key)
+        else:
+            yield f.read_text(encoding="utf-8", errors="replace")
+
+
+def _jsonl_documents(path: Path, text_key: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}); JSONL input "
+                                "holds one JSON object per line") from None
+            text = record.get(text_key) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{number} has no string '{text_key}' field; set "
+                                "data.text_key to the field that holds the text")
+            yield text

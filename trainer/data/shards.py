@@ -24,6 +24,7 @@ import numpy as np
 
 from triforge.errors import DataError
 
+from .tokenize import encode_documents
 from .tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "triforge-shards/1"
@@ -46,17 +47,27 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
-def _write_split(out: Path, split: str, docs: list[np.ndarray], dtype: np.dtype) -> dict:
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(docs) else lengths
-    tokens = np.concatenate(docs).astype(dtype) if docs else np.zeros(0, dtype)
-    tokens.tofile(out / f"{split}.bin")
-    np.save(out / f"{split}.docs.npy", offsets)
-    return {
-        "num_tokens": int(tokens.size),
-        "num_docs": len(docs),
-        "sha256": hashlib.sha256(tokens.data).hexdigest(),  # the bytes just written
-    }
+class _SplitWriter:
+    """Appends a split's documents to ``SPLIT.bin`` as they come (memory: one document and
+    the offsets), hashing the bytes on the way; ``finish`` writes the offsets."""
+
+    def __init__(self, out: Path, split: str, dtype: np.dtype):
+        self.out, self.split, self.dtype = out, split, dtype
+        self.file = open(out / f"{split}.bin", "wb")  # noqa: SIM115 (closed in finish)
+        self.hash, self.offsets, self.tokens = hashlib.sha256(), [], 0
+
+    def add(self, ids: np.ndarray) -> None:
+        data = ids.astype(self.dtype).tobytes()
+        self.file.write(data)
+        self.hash.update(data)
+        self.offsets.append(self.tokens)
+        self.tokens += len(ids)
+
+    def finish(self) -> dict:
+        self.file.close()
+        np.save(self.out / f"{self.split}.docs.npy", np.array(self.offsets, dtype=np.int64))
+        return {"num_tokens": self.tokens, "num_docs": len(self.offsets),
+                "sha256": self.hash.hexdigest()}
 
 
 def check_replaceable(out_dir: Path) -> None:
@@ -92,8 +103,10 @@ def write_dataset(
     *,
     val_every: int,
     fingerprint: str,
+    workers: int = 1,
 ) -> Path:
-    """Tokenize ``documents`` into ``out_dir``; every ``val_every``-th document is validation.
+    """Tokenize ``documents`` (an iterable, streamed) into ``out_dir`` with ``workers``
+    processes; every ``val_every``-th document is validation.
 
     ``out_dir`` is replaced whole once the new dataset is complete, so it must be new,
     empty, or a triforge dataset already (``check_replaceable``)."""
@@ -103,18 +116,18 @@ def write_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    writers = {name: _SplitWriter(tmp, name, dtype) for name in SPLITS}
     eos = np.array([tokenizer.eos_id], dtype=np.int64)
-    for i, text in enumerate(documents):
-        ids = np.concatenate([tokenizer.encode(text), eos])
-        splits["val" if val_every and i % val_every == val_every - 1 else "train"].append(ids)
+    for i, ids in enumerate(encode_documents(tokenizer, documents, workers=workers)):
+        split = "val" if val_every and i % val_every == val_every - 1 else "train"
+        writers[split].add(np.concatenate([ids, eos]))
     index = {
         "format": FORMAT,
         "tokenizer": tokenizer.describe(),
         "dtype": dtype.name,
         "fingerprint": fingerprint,
         "eos_id": tokenizer.eos_id,
-        "splits": {name: _write_split(tmp, name, docs, dtype) for name, docs in splits.items()},
+        "splits": {name: writer.finish() for name, writer in writers.items()},
     }
     if hasattr(tokenizer, "save"):
         tokenizer.save(tmp / "tokenizer.json")

@@ -33,6 +33,8 @@ class Tokenizer(Protocol):
 class ByteTokenizer:
     """UTF-8 bytes are ids 0-255; special tokens come after."""
 
+    cheap_encode = True  # a copy of the bytes: worker processes would only add overhead
+
     def __init__(self) -> None:
         self.vocab_size = 256 + len(SPECIAL_TOKENS)
         self.eos_id = 256 + SPECIAL_TOKENS.index("<eos>")
