@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 
@@ -121,10 +120,12 @@ def build_blend_loaders(job: JobConfig, *, log):
         sources.append(BlendSource(name, WindowLoader(dataset.split("train"), seq, sampler,
                                                       document_ids=job.data.document_masking)))
         datasets[name] = dataset
-    kinds = {name: d.tokenizer.describe() for name, d in datasets.items()}
-    if len({json.dumps(k, sort_keys=True) for k in kinds.values()}) > 1:
-        raise DataError(f"data.blend sources use different tokenizers ({kinds}); prepare them "
-                        "with one tokenizer")
+    # One vocabulary: the same size and end-of-document id (a Megatron source's ids
+    # carry no tokenizer of their own, so the ids are what can be compared)
+    ids = {name: (d.tokenizer.vocab_size, d.tokenizer.eos_id) for name, d in datasets.items()}
+    if len(set(ids.values())) > 1:
+        raise DataError(f"data.blend sources use different vocabularies (size, eos id: {ids}); "
+                        "prepare them with one tokenizer")
     loader = BlendLoader(sources, [src.weight for src in job.data.blend])
     return next(iter(datasets.values())), loader, val_loaders(datasets, job)
 

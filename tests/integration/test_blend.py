@@ -1,5 +1,6 @@
-"""A weighted blend of two prepared datasets trains alike in one process and under FSDP,
-reports validation per source, and resumes exactly."""
+"""A weighted blend of two prepared datasets (one a shard directory, one Megatron files)
+trains alike in one process and under FSDP, reports validation per source, and resumes
+exactly."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ def blend_overrides(tmp_path_factory) -> list[str]:
         for f in files:
             shutil.copy(stdlib / f, root / f"{name}_src" / f)
         assert prepare_main([f"data.dir={root / name}", f"data.paths=[{root / name}_src]",
-                             "data.val_every=3"]) == 0
-    return [f"data.blend=[{{path: {root / 'code'}, weight: 3}}, "
-            f"{{path: {root / 'text'}, weight: 1, name: prose}}]", "data.val_every=3"]
+                             "data.val_every=3", "data.output_format=megatron",
+                             f"data.output_prefix={root / name}_megatron"]) == 0
+    # the second source as Megatron files: both formats in one blend
+    return [f"data.blend=[{{path: {root / 'code'}, weight: 3}}, {{path: "
+            f"{root / 'text_megatron'}, weight: 1, name: prose, format: megatron}}]",
+            "data.val_every=3", "data.vocab_size=258", "data.eos_id=256"]
 
 
 def test_a_blend_trains_alike_under_fsdp_and_reports_each_source(tmp_path, blend_overrides):
