@@ -25,6 +25,7 @@ from triforge.launcher.config import load_config
 from triforge.launcher.env import ProcessEnv
 from triforge.models import build_model, materialize
 from triforge.parallel.context import ParallelContext
+from triforge.trainer.data import GlobalSampler, WindowLoader
 from triforge.trainer.optim import build_optimizer
 
 
@@ -37,10 +38,14 @@ class HandLoop:
                                              attention_backend=job.attention.backend),
                                  trainer.device, seed=job.seed)
         self.opt = build_optimizer(self.model, job.optim)
+        # its own loader over the same split (the trainer's reads ahead in a thread)
+        mine = getattr(trainer.loader, "source", trainer.loader)
+        self.loader = WindowLoader(mine.split, mine.seq_len,
+                                   GlobalSampler(mine.sampler.num_samples, seed=job.seed))
 
     def run(self, steps: int) -> list[float]:
         """Seconds of each of ``steps`` steps."""
-        job, loader, times = self.job, self.trainer.loader, []
+        job, loader, times = self.job, self.loader, []
         for _ in range(steps):
             start = time.perf_counter()
             windows = loader.windows(loader.sampler.next_batch(job.trainer.batch_size))

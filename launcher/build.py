@@ -21,6 +21,7 @@ from triforge.trainer.checkpoint import Checkpointer
 from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.data.blend import BlendLoader, BlendSource, source_sampler
 from triforge.trainer.data.config import source_name
+from triforge.trainer.data.prefetch import maybe_prefetch
 from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import PeakFlops, flops_per_token
@@ -250,7 +251,7 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     trainer = Trainer(
         cfg=job.trainer, optim_cfg=job.optim, parts=parts,
         engine=engine, runner=runner, objective=objective,
-        loader=loader,
+        loader=maybe_prefetch(loader, enabled=job.data.prefetch, device=device),
         evaluator=evaluator,
         checkpointer=Checkpointer(run_dir, job.checkpoint, log=log, ctx=ctx, repair=True),
         throughput=Throughput(

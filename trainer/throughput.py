@@ -27,9 +27,14 @@ class Throughput:
     def reset(self) -> None:
         self._start = time.perf_counter()
         self._tokens = 0
+        self._waited = 0.0
 
     def add(self, tokens: int) -> None:
         self._tokens += tokens
+
+    def add_wait(self, seconds: float) -> None:
+        """Time the step spent waiting for its batch (reported as a share of the interval)."""
+        self._waited += seconds
 
     @contextlib.contextmanager
     def paused(self):
@@ -56,8 +61,10 @@ class Throughput:
                       f"({self.peak.value / 1e12:.3f} TFLOP/s, {self.peak.source}) is too low "
                       "(a busy machine when it was measured?); set logging.peak_flops to "
                       "the device's real peak")
+        waited = self._waited / elapsed
         self.reset()
-        return {"tokens_per_s": tokens_per_s, "mfu": mfu, "peak_mem_gib": peak_memory_gib(self.device)}
+        return {"tokens_per_s": tokens_per_s, "mfu": mfu, "data_wait": waited,
+                "peak_mem_gib": peak_memory_gib(self.device)}
 
     def _mfu(self, tokens_per_s: float) -> float:
         return tokens_per_s * self.flops_per_token / (self.peak.value * self.num_devices)

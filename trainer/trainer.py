@@ -147,8 +147,10 @@ class Trainer:
         step = self.state.step + 1
         lr = lr_at(self.state.step, self.optim_cfg, self.cfg.max_steps)
         set_lr(self.engine.optimizer, lr)
+        waited = time.perf_counter()
         windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
                                          dp_size=self.ctx.dims.dp)
+        self.throughput.add_wait(time.perf_counter() - waited)
         batch = self.objective.make_batch(windows)
         self.hooks.run("step_start", step)
         with self.precision.autocast(self.device):

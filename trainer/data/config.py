@@ -51,6 +51,7 @@ class DataConfig:
     document_masking: bool = False  # packed windows: tokens attend within their document only
     reset_positions: bool = False  # with document masking: rotary positions restart per document
     num_workers: int = 0
+    prefetch: bool = True  # read the next batch's windows in a background thread
 
     def validate(self) -> None:
         if self.tokenizer not in ("byte", "bpe"):
