@@ -18,8 +18,9 @@ def test_default_corpus_is_the_stdlib_and_builds_on_first_use(tmp_path):
     train = ds.index["splits"]["train"]
     assert train["num_docs"] > 500 and train["num_tokens"] > 5_000_000
     assert ds.index["splits"]["val"]["num_docs"] > 5
+    assert len(messages) == 2 and "MB/s" in messages[1]  # the build reports its throughput
     again = open_dataset(cfg, build_if_missing=True, log=messages.append)  # cached: no rebuild
-    assert len(messages) == 1 and again.root == ds.root
+    assert len(messages) == 2 and again.root == ds.root
 
 
 def test_prepare_bpe_into_a_dir_then_train_on_it(tmp_path, corpus_dir, capsys):

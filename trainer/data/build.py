@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from triforge.errors import DataError
@@ -31,9 +32,15 @@ def build_dataset(cfg: DataConfig, out_dir: Path, *, log=print) -> Path:
                                        cfg.bpe_vocab_size)
     else:
         tokenizer = ByteTokenizer()
-    return write_dataset(out_dir, read_documents(files, text_key=cfg.text_key), tokenizer,
-                         val_every=cfg.val_every, fingerprint=fingerprint,
-                         workers=cfg.prepare_workers or os.cpu_count() or 1)
+    workers = cfg.prepare_workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    out = write_dataset(out_dir, read_documents(files, text_key=cfg.text_key), tokenizer,
+                        val_every=cfg.val_every, fingerprint=fingerprint, workers=workers)
+    megabytes = sum(f.stat().st_size for f in files) / 1e6
+    seconds = max(time.perf_counter() - start, 1e-9)
+    log(f"tokenized {megabytes:.1f} MB in {seconds:.1f} s ({megabytes / seconds:.1f} MB/s, "
+        f"{cfg.tokenizer} tokenizer, up to {workers} worker processes)")
+    return out
 
 
 def cached_dataset_dir(cfg: DataConfig) -> Path:
