@@ -112,7 +112,13 @@ def analytic(mode: str, params: int, bsh: int, layers: int, micro: int,
         return ((2 * micro + 1) * frac * 4 * params,
                 "AG params fwd + bwd per microbatch, RS grads once: (2m+1)(n-1)/n x param bytes")
     if mode.startswith("tp2"):
-        return 4 * layers * 2 * frac * 4 * bsh, "4 all-reduces (2 fwd, 2 bwd) of b*s*h per layer"
+        # Per layer 2 in forward (attention, MLP) and 2 in backward. The vocabulary-parallel
+        # embedding and head add one each, as in Megatron: the embedding's output is summed
+        # over the vocabulary shards in forward, and the head's input gradient in backward.
+        # Under sequence parallelism each all-reduce is an all-gather plus a reduce-scatter,
+        # the same bytes.
+        return ((4 * layers + 2) * 2 * frac * 4 * bsh,
+                "(4 per layer + embedding fwd + head bwd) all-reduces of b*s*h")
     return 2 * 4 * bsh, "activations fwd + their grads bwd, b*s*h each, one stage boundary"
 
 
