@@ -11,7 +11,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.6$(,)<2.15,torch==2.13.0)
 , := ,
 
-.PHONY: venv train test lint clean
+.PHONY: venv train test lint bench clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The benchmarks as one table (and bench-results.json); ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(PY) -m bench $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -162,7 +162,7 @@ def dense_params(overrides: list[str]) -> int:
     return cfg.num_params(cfg.padded_vocab(258)) - experts
 
 
-def report_all_to_all(ranks: list[dict], d_model: int) -> None:
+def all_to_all_row(ranks: list[dict], d_model: int) -> dict:
     """Rank 0's all-to-all bytes against the volume the routing counts give: its rows to
     the other rank's experts and the other rank's rows to its own, each crossing once in
     forward (dispatch, combine back) and once in backward, fp32; plus, per layer forward,
@@ -173,15 +173,52 @@ def report_all_to_all(ranks: list[dict], d_model: int) -> None:
     counts = routing["forwards"] * routing["experts"] // 2 * 8
     analytic = rows * d_model * 4 + counts
     measured = ranks[0]["bytes"].get("alltoall_base_", 0.0)
-    print(f"ep2 all-to-all per rank: measured {measured / 1e6:.4f}MB, from the routing "
-          f"counts {analytic / 1e6:.4f}MB ({rows:,} rows x d x 4 B + {counts} B of counts), "
-          f"ratio {measured / analytic:.3f} (target 1.00 +- 0.05)")
+    return {"mode": "ep2_a2a", "measured": measured, "analytic": analytic,
+            "ratio": measured / analytic, "breakdown": {"alltoall_base_": measured},
+            "formula": f"{rows:,} routed rows x d x 4 B + {counts} B of counts"}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def measure(d_model: int = 256, layers: int = 4, batch: int = 8, seq: int = 128) -> list[dict]:
+    """One row per mode: measured bytes per rank and step, the analytic volume, their ratio."""
+    from triforge.launcher.config import load_config
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [
+            "model=small", f"model.d_model={d_model}", f"model.n_layers={layers}",
+            "model.n_heads=4", f"model.max_seq_len={seq}", f"trainer.seq_len={seq}",
+            f"trainer.batch_size={batch}", "trainer.micro_batch_size=2",
+            "logging.wandb.enabled=false", "logging.progress_bar=false",
+            "trainer.eval_every=0", "checkpoint.every=0", "checkpoint.save_at_end=false",
+            "trainer.grad_clip=1.0", f"run.dir={tmp}/run",
+        ]
+        model = load_config(overrides).model
+        params = model.num_params(model.padded_vocab(258))
+        bsh = batch * seq * d_model
+        for mode in MODES:
+            out = f"{tmp}/{mode}.json"
+            mp.spawn(worker, args=(free_port(), mode, overrides, out), nprocs=2, join=True)
+            ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
+            measured = ranks[0]["bytes"]
+            if mode == "ep2":
+                rows.append(all_to_all_row(ranks, d_model))
+                measured = {k: v for k, v in measured.items() if k != "alltoall_base_"}
+            micro = batch // (2 if mode in ("ddp2", "fsdp2", "ep2") else 1) // 2
+            if mode == "ep2":  # the rest is FSDP's, over the parameters outside the experts
+                minimum, formula = analytic("fsdp2", dense_params(overrides), bsh, layers,
+                                            micro)
+            else:
+                minimum, formula = analytic(mode, params, bsh, layers, micro)
+            total = sum(measured.values())
+            rows.append({"mode": mode, "measured": total, "analytic": minimum,
+                         "ratio": total / minimum, "formula": formula, "breakdown": measured})
+    return rows
 
 
 def main() -> None:
@@ -191,41 +228,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     args = parser.parse_args()
-    from triforge.launcher.config import load_config
-
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides = [
-            "model=small", f"model.d_model={args.d_model}", f"model.n_layers={args.layers}",
-            "model.n_heads=4", f"model.max_seq_len={args.seq}", f"trainer.seq_len={args.seq}",
-            f"trainer.batch_size={args.batch}", "trainer.micro_batch_size=2",
-            "logging.wandb.enabled=false", "logging.progress_bar=false",
-            "trainer.eval_every=0", "checkpoint.every=0", "checkpoint.save_at_end=false",
-            "trainer.grad_clip=1.0", f"run.dir={tmp}/run",
-        ]
-        model = load_config(overrides).model
-        params = model.num_params(model.padded_vocab(258))
-        bsh = args.batch * args.seq * args.d_model
-        print(f"model: {params / 1e6:.2f}M params, {args.layers} layers, b*s*h = {bsh:,}; "
-              "bytes per rank, one optimizer step")
-        print(f"{'mode':<8}{'measured':>14}{'analytic':>14}{'ratio':>8}  breakdown")
-        for mode in MODES:
-            out = f"{tmp}/{mode}.json"
-            mp.spawn(worker, args=(free_port(), mode, overrides, out), nprocs=2, join=True)
-            ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(2)]
-            measured = ranks[0]["bytes"]
-            if mode == "ep2":
-                report_all_to_all(ranks, args.d_model)
-                measured = {k: v for k, v in measured.items() if k != "alltoall_base_"}
-            total = sum(measured.values())
-            micro = args.batch // (2 if mode in ("ddp2", "fsdp2", "ep2") else 1) // 2
-            if mode == "ep2":  # the rest is FSDP's, over the parameters outside the experts
-                minimum, formula = analytic("fsdp2", dense_params(overrides), bsh,
-                                            args.layers, micro)
-            else:
-                minimum, formula = analytic(mode, params, bsh, args.layers, micro)
-            parts = ", ".join(f"{k} {v / 1e6:.2f}MB" for k, v in sorted(measured.items()))
-            print(f"{mode:<8}{total / 1e6:>12.2f}MB{minimum / 1e6:>12.2f}MB"
-                  f"{total / minimum:>8.2f}  {parts}  [{formula}]")
+    print(f"bytes per rank, one optimizer step; b*s*h = {args.batch * args.seq * args.d_model:,}")
+    print(f"{'mode':<10}{'measured':>14}{'analytic':>14}{'ratio':>8}  breakdown")
+    for row in measure(args.d_model, args.layers, args.batch, args.seq):
+        parts = ", ".join(f"{k} {v / 1e6:.2f}MB" for k, v in sorted(row["breakdown"].items()))
+        print(f"{row['mode']:<10}{row['measured'] / 1e6:>12.2f}MB{row['analytic'] / 1e6:>12.2f}MB"
+              f"{row['ratio']:>8.2f}  {parts}  [{row['formula']}]")
 
 
 if __name__ == "__main__":

@@ -84,12 +84,9 @@ def step_rate(times: list[float], tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(times[1:])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=8)
-    args, overrides = parser.parse_known_args()
-    total = (args.rounds + 1) * args.steps * 2
+def measure(rounds: int, steps: int, overrides: list[str]) -> dict:
+    """Per-round ratios triforge / hand loop (and the rates), alternating the order."""
+    total = (rounds + 1) * steps * 2
     with tempfile.TemporaryDirectory() as run_dir:
         job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
                            "logging.progress_bar=false", "trainer.eval_every=0",
@@ -101,17 +98,30 @@ def main() -> None:
         trainer.sinks = trainer.sinks[:1]  # keep the JSONL file, not console lines, in timings
         tokens = job.trainer.batch_size * job.trainer.seq_len
         ours_loop, hand = FrameworkLoop(trainer), HandLoop(job, trainer)
-        ours_loop.run(args.steps)  # warm-up rounds, not measured
-        hand.run(args.steps)
-        ratios = []
-        for r in range(args.rounds):
+        ours_loop.run(steps)  # warm-up rounds, not measured
+        hand.run(steps)
+        ratios, rows = [], []
+        for r in range(rounds):
             # Alternate which loop goes first, so neither always runs on a warmer machine.
             order = (hand, ours_loop) if r % 2 else (ours_loop, hand)
-            rates = {loop: step_rate(loop.run(args.steps), tokens) for loop in order}
+            rates = {loop: step_rate(loop.run(steps), tokens) for loop in order}
             ratios.append(rates[ours_loop] / rates[hand])
-            print(f"round {r}: triforge {rates[ours_loop]:,.0f} tok/s  hand loop "
-                  f"{rates[hand]:,.0f} tok/s  ratio {ratios[-1]:.3f}")
-    print(f"model {job.model.name}, batch {job.trainer.batch_size} x {job.trainer.seq_len}: "
+            rows.append((rates[ours_loop], rates[hand]))
+    return {"model": job.model.name, "batch": job.trainer.batch_size,
+            "seq": job.trainer.seq_len, "ratios": ratios, "rates": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
+    args, overrides = parser.parse_known_args()
+    result = measure(args.rounds, args.steps, overrides)
+    ratios = result["ratios"]
+    for r, ((ours, theirs), ratio) in enumerate(zip(result["rates"], ratios, strict=True)):
+        print(f"round {r}: triforge {ours:,.0f} tok/s  hand loop {theirs:,.0f} tok/s  "
+              f"ratio {ratio:.3f}")
+    print(f"model {result['model']}, batch {result['batch']} x {result['seq']}: "
           f"triforge / hand loop per round: min {min(ratios):.3f}, median "
           f"{statistics.median(ratios):.3f}, max {max(ratios):.3f} (target >= 0.97)")
 

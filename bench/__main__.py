@@ -1,0 +1,103 @@
+"""``python -m bench`` (``make bench``): the benchmarks as one table, written to JSON too.
+
+Every figure is a ratio measured in the same run (this machine is shared and noisy):
+
+1. throughput of ``small`` and a ~40M-parameter shape in fp32 and bf16: tokens/s, model
+   FLOP/s (6N + 12 L h s per token, N the non-embedding parameters) and their ratio to the
+   machine's matmul rate in that dtype, measured just before;
+2. framework overhead: triforge / a hand-written loop, per round (bench/overhead.py);
+3. communication bytes per step and mode vs the analytic volume (bench/comm.py).
+
+    python -m bench [--quick] [--out bench-results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench import comm, overhead
+from triforge.launcher.config import load_config
+from triforge.launcher.train import train
+from triforge.trainer.flops import flops_per_token, measure_matmul_peak
+
+SHAPES = {"small": ["model=small"],
+          "40M": ["model=small", "model.d_model=512", "model.n_layers=12", "model.n_heads=8"]}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def throughput(shape: str, dtype: str, steps: int) -> dict:
+    overrides = [*SHAPES[shape], f"precision={dtype}", "trainer.batch_size=8",
+                 "trainer.seq_len=256", "trainer.micro_batch_size=8"]
+    gemm = measure_matmul_peak(torch.device("cpu"), DTYPES[dtype])
+    with tempfile.TemporaryDirectory() as run_dir:
+        job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
+                           "logging.progress_bar=false", "trainer.eval_every=0",
+                           "checkpoint.every=0", "checkpoint.save_at_end=false",
+                           "trainer.sample_at_end=false", f"trainer.max_steps={steps}",
+                           "trainer.log_every=1", *overrides])
+        trainer = train(job, log=lambda *_: None)
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    tokens_per_s = statistics.median(json.loads(line)["tokens_per_s"] for line in lines[2:])
+    vocab = trainer.model.vocab_size
+    per_token = flops_per_token(job.model.num_params(vocab, embedding=False, active=True),
+                                job.model.n_layers, job.model.d_model, job.trainer.seq_len)
+    model_flops = tokens_per_s * per_token
+    return {"section": "throughput", "name": f"{shape} {dtype}", "tokens_per_s": tokens_per_s,
+            "model_flops": model_flops, "gemm_flops": gemm, "ratio": model_flops / gemm,
+            "target": "ratio of the machine's matmul rate"}
+
+
+def run(quick: bool) -> list[dict]:
+    rows = []
+    steps = 6 if quick else 12
+    for shape in SHAPES:
+        for dtype in DTYPES:
+            rows.append(throughput(shape, dtype, steps))
+    result = overhead.measure(2 if quick else 6, 6 if quick else 8, ["model=small"])
+    ratios = result["ratios"]
+    rows.append({"section": "overhead", "name": "triforge / hand loop (small)",
+                 "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                 "rounds": ratios, "target": ">= 0.97"})
+    for row in comm.measure(layers=2 if quick else 4):
+        rows.append({"section": "comm", "name": row["mode"], "ratio": row["ratio"],
+                     "measured_bytes": row["measured"], "analytic_bytes": row["analytic"],
+                     "formula": row["formula"], "target": "1.00 +- 0.05"})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'section':<11}{'name':<30}{'ratio':>8}  details")
+    for row in rows:
+        if row["section"] == "throughput":
+            details = (f"{row['tokens_per_s']:,.0f} tok/s, model {row['model_flops'] / 1e9:.1f}"
+                       f" GFLOP/s vs matmul {row['gemm_flops'] / 1e9:.1f} GFLOP/s")
+        elif row["section"] == "overhead":
+            details = f"min {row['min']:.3f} max {row['max']:.3f} (target {row['target']})"
+        else:
+            details = (f"{row['measured_bytes'] / 1e6:.2f} MB vs {row['analytic_bytes'] / 1e6:.2f}"
+                       f" MB (target {row['target']}) [{row['formula']}]")
+        print(f"{row['section']:<11}{row['name']:<30}{row['ratio']:>8.3f}  {details}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    parser.add_argument("--out", default="bench-results.json")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows = run(args.quick)
+    print_table(rows)
+    Path(args.out).write_text(json.dumps({"rows": rows, "seconds": time.perf_counter() - start},
+                                         indent=1))
+    print(f"written {args.out} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
