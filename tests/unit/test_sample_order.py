@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from triforge.trainer.data.sampler import FeistelPermutation, GlobalSampler
+from triforge.trainer.data.sampler import MATERIALIZED_MAX, FeistelPermutation, GlobalSampler
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 1000, 4097, 65_536, 100_003])
@@ -49,3 +49,13 @@ def test_the_order_depends_on_seed_and_epoch_only():
     assert not np.array_equal(first, second)  # each epoch its own order
     assert np.array_equal(np.sort(first), np.sort(second))
     assert not np.array_equal(GlobalSampler(1000, seed=2).indices(0, 1000), first)
+
+
+def test_small_corpora_keep_the_earlier_order_and_large_ones_use_the_feistel_one():
+    small = GlobalSampler(1000, seed=5)
+    earlier = np.random.default_rng([5, 0]).permutation(1000)  # what earlier versions drew
+    assert np.array_equal(small.indices(0, 1000), earlier)
+    large = GlobalSampler(MATERIALIZED_MAX + 1, seed=5)
+    key = int(np.random.SeedSequence([5, 0]).generate_state(1)[0])
+    assert np.array_equal(large.indices(10, 50),
+                          FeistelPermutation(MATERIALIZED_MAX + 1, key)(np.arange(10, 60)))

@@ -5,11 +5,14 @@ epoch drawn from (seed, epoch) alone, and the state is one integer, the global s
 position. Because nothing depends on the number of ranks, a job resumed on a different
 data-parallel layout continues the same stream and sees every sample exactly once.
 
-The permutation is never materialized (at 10**9 samples, a 4T-token corpus at seq 4096, an
-int64 permutation would take 8 GB per rank): position p of an epoch maps to sample
-``FeistelPermutation(n, key)(p)``, a keyed 6-round Feistel network on the smallest even
-number of bits covering n, with cycle walking (re-encrypting until the value falls below
-n) so that it is a bijection of [0, n). Memory is O(1) and a batch costs O(batch).
+Large corpora never materialize the permutation (at 10**9 samples, a 4T-token corpus at seq
+4096, an int64 permutation would take 8 GB per rank): above ``MATERIALIZED_MAX`` samples,
+position p of an epoch maps to sample ``FeistelPermutation(n, key)(p)``, a keyed 6-round
+Feistel network on the smallest even number of bits covering n, with cycle walking
+(re-encrypting until the value falls below n) so that it is a bijection of [0, n); memory
+is O(1) and a batch costs O(batch). Up to that size (a permutation of at most 128 MB) the
+order is numpy's permutation from (seed, epoch), the order earlier versions used, so their
+runs and checkpoints continue the same stream.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from triforge.errors import DataError
 
+MATERIALIZED_MAX = 2**24  # samples: a permutation of up to 128 MB is kept as a table
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -64,12 +68,18 @@ class GlobalSampler:
         self.seed = seed
         self.shuffle = shuffle
         self.position = 0  # global samples consumed so far: the data cursor
-        self._epoch_cache: tuple[int, FeistelPermutation] | None = None
+        self._epoch_cache: tuple[int, object] | None = None
 
-    def _order(self, epoch: int) -> FeistelPermutation:
+    def _order(self, epoch: int):
+        """Position within the epoch -> sample, as a callable on int64 arrays."""
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            key = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            self._epoch_cache = (epoch, FeistelPermutation(self.num_samples, key))
+            if self.num_samples <= MATERIALIZED_MAX:
+                table = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+                order = table.__getitem__
+            else:
+                key = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+                order = FeistelPermutation(self.num_samples, key)
+            self._epoch_cache = (epoch, order)
         return self._epoch_cache[1]
 
     def indices(self, start: int, count: int) -> np.ndarray:
