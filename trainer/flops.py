@@ -35,8 +35,11 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     The best of ``trials`` bursts of 0.1 s is taken (after one to warm up threads and caches),
     so a briefly busy machine does not lower the peak (and inflate MFU)."""
     n = 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A generator of its own: a measurement (some ranks re-measure mid-run) must not move
+    # the global RNG streams that checkpoints save.
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     best = 0.0
     for trial in range(trials + 1):
         reps, start = 0, time.perf_counter()

@@ -29,7 +29,7 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
 def context_free_loss(trainer, max_windows: int = 2048) -> float:
     """Entropy (nats) of the objective's labels over the training windows: the loss of the
     best model that ignores its inputs and predicts label frequencies."""
-    windows = trainer.loader.source  # the dataset's loader behind the read-ahead
+    windows = getattr(trainer.loader, "source", trainer.loader)  # behind any read-ahead
     n = min(windows.sampler.num_samples, max_windows)
     labels = trainer.objective.make_batch(windows.batch(np.arange(n))).labels
     counts = torch.bincount(labels[labels != IGNORE_INDEX]).double()
