@@ -27,3 +27,16 @@ def test_read_ahead_hands_out_the_same_batches_and_saves_the_consumed_cursor():
     for _ in range(3):
         assert resumed.next_batch(8, dp_rank=1, dp_size=2).tokens.equal(
             plain.next_batch(8, dp_rank=1, dp_size=2).tokens)
+
+
+def test_read_ahead_leaves_no_thread_that_exit_would_wait_for():
+    """A multi-process run ends in launcher.dist.exit_process, which joins every non-daemon
+    thread: a pool worker idling on its queue made finished runs hang there."""
+    import threading
+
+    ahead = Prefetcher(loader())
+    for _ in range(3):
+        ahead.next_batch(8)
+    waiting = [t for t in threading.enumerate()
+               if t is not threading.main_thread() and not t.daemon]
+    assert not waiting, waiting

@@ -51,8 +51,8 @@ class DataConfig:
     document_masking: bool = False  # packed windows: tokens attend within their document only
     reset_positions: bool = False  # with document masking: rotary positions restart per document
     num_workers: int = 0
-    # Read the next batch's windows in a background thread. Off by default: with it on, two
-    # multi-process CPU test runs hung under heavy load (cause not found yet).
+    # Read the next batch's windows in a background thread (trainer/data/prefetch.py). Off
+    # by default until the whole suite has run with it on since the exit hang was fixed.
     prefetch: bool = False
 
     def validate(self) -> None:
