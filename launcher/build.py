@@ -113,12 +113,13 @@ def build_blend_loaders(job: JobConfig, *, log):
         name = source_name(src)
         cfg = dataclasses.replace(job.data, dir=src.path, format=src.format, blend=[])
         dataset = open_dataset(cfg, build_if_missing=False, log=log)
-        windows = WindowLoader.num_samples(dataset.split("train"), seq)
+        train = dataset.split("train")  # once: opening a split maps (and may hash) its file
+        windows = WindowLoader.num_samples(train, seq)
         if not windows:
             raise DataError(f"data.blend source {name} ({src.path}) has fewer training tokens "
                             f"than one window of trainer.seq_len({seq}) + 1")
         sampler = source_sampler(windows, seed=job.seed, source=i)
-        sources.append(BlendSource(name, WindowLoader(dataset.split("train"), seq, sampler,
+        sources.append(BlendSource(name, WindowLoader(train, seq, sampler,
                                                       document_ids=job.data.document_masking)))
         datasets[name] = dataset
     # One vocabulary: the same size and end-of-document id (a Megatron source's ids
