@@ -6,7 +6,11 @@ Every figure is a ratio measured in the same run (this machine is shared and noi
    FLOP/s (6N + 12 L h s per token, N the non-embedding parameters) and their ratio to the
    machine's matmul rate in that dtype, measured just before;
 2. framework overhead: triforge / a hand-written loop, per round (bench/overhead.py);
-3. communication bytes per step and mode vs the analytic volume (bench/comm.py).
+3. communication bytes per step and mode vs the planner's volumes (bench/comm.py);
+4. pipeline bubble per schedule, sleep-based stages, vs the planner's formula (bench/bubble.py);
+5. memory per rank: parameters, gradients, optimizer state and block activations in real
+   layouts vs the planner's formulas (bench/memory_rank.py);
+6. the planner's predictions for published runs (bench/anchors.py).
 
     python -m bench [--quick] [--out bench-results.json]
 """
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench import comm, overhead
+from bench import anchors, bubble, comm, memory_rank, overhead
 from triforge.launcher.config import load_config
 from triforge.launcher.train import train
 from triforge.trainer.flops import flops_per_token, measure_matmul_peak
@@ -69,7 +73,26 @@ def run(quick: bool) -> list[dict]:
         rows.append({"section": "comm", "name": row["mode"], "ratio": row["ratio"],
                      "measured_bytes": row["measured"], "analytic_bytes": row["analytic"],
                      "formula": row["formula"], "target": "1.00 +- 0.05"})
+    for row in bubble.measure(ms=30 if quick else 50):
+        rows.append({"section": "bubble", "name": row["schedule"], "ratio": row["measured"],
+                     "formula": row["formula"], "target": "within 0.02 of the formula"})
+    rows += memory_rows()
+    for row in anchors.rows():
+        rows.append({"section": "anchor", **row, "target": "published"})
     return rows
+
+
+def memory_rows() -> list[dict]:
+    """One row per layout and kind: the worst measured / predicted over its ranks."""
+    worst: dict[tuple, dict] = {}
+    for r in memory_rank.measure():
+        key = (r["layout"], r["kind"])
+        if key not in worst or abs(r["ratio"] - 1) > abs(worst[key]["ratio"] - 1):
+            worst[key] = r
+    return [{"section": "memory", "name": f"{layout} {kind}", "ratio": r["ratio"],
+             "measured_bytes": r["measured"], "analytic_bytes": r["predicted"],
+             "formula": "plan/memory.py", "target": "1.000 (exact)"}
+            for (layout, kind), r in worst.items()]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -80,6 +103,11 @@ def print_table(rows: list[dict]) -> None:
                        f" GFLOP/s vs matmul {row['gemm_flops'] / 1e9:.1f} GFLOP/s")
         elif row["section"] == "overhead":
             details = f"min {row['min']:.3f} max {row['max']:.3f} (target {row['target']})"
+        elif row["section"] == "bubble":
+            details = f"idle fraction vs formula {row['formula']:.3f} ({row['target']})"
+        elif row["section"] == "anchor":
+            details = (f"predicted {row['predicted']:,.1f} vs published {row['published']:,.1f} "
+                       f"{row['unit']} [{' '.join(row['layout'])}]")
         else:
             details = (f"{row['measured_bytes'] / 1e6:.2f} MB vs {row['analytic_bytes'] / 1e6:.2f}"
                        f" MB (target {row['target']}) [{row['formula']}]")

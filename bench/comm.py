@@ -101,25 +101,32 @@ def routing_counts(trainer, world: int) -> dict:
     return {"rows_to": per_owner, "forwards": forwards, "experts": experts}
 
 
-def analytic(mode: str, params: int, bsh: int, layers: int, micro: int,
-             n: int = 2) -> tuple[float, str]:
-    """(bytes per rank, formula) of the mode's unavoidable communication (fp32); ``micro``
-    microbatches per rank and step."""
-    frac = (n - 1) / n
-    if mode == "ddp2":
-        return 2 * frac * 4 * params, "all-reduce grads once: 2(n-1)/n x grad bytes"
-    if mode == "fsdp2":
-        return ((2 * micro + 1) * frac * 4 * params,
-                "AG params fwd + bwd per microbatch, RS grads once: (2m+1)(n-1)/n x param bytes")
-    if mode.startswith("tp2"):
-        # Per layer 2 in forward (attention, MLP) and 2 in backward. The vocabulary-parallel
-        # embedding and head add one each, as in Megatron: the embedding's output is summed
-        # over the vocabulary shards in forward, and the head's input gradient in backward.
-        # Under sequence parallelism each all-reduce is an all-gather plus a reduce-scatter,
-        # the same bytes.
-        return ((4 * layers + 2) * 2 * frac * 4 * bsh,
-                "(4 per layer + embedding fwd + head bwd) all-reduces of b*s*h")
-    return 2 * 4 * bsh, "activations fwd + their grads bwd, b*s*h each, one stage boundary"
+def analytic_fsdp(params: int, root: int, micro: int, n: int = 2) -> tuple[float, str]:
+    """FSDP's volume over ``params`` fp32 parameters (the ep2 mode's dense part), ``root`` of
+    them the root's (embedding, final norm, head): blocks gathered in forward and backward
+    per microbatch, the root once per microbatch, gradients reduce-scattered once."""
+    blocks = params - root
+    return ((n - 1) / n * 4 * (2 * micro * blocks + micro * root + params),
+            "AG blocks fwd + bwd and root once per microbatch, RS grads once")
+
+
+FORMULAS = {"ddp2": "all-reduce fp32 grads once", "fsdp2": "plan/comm.py: AG blocks 2m, "
+            "root m, RS once", "tp2": "plan/comm.py: (4 per layer + 2) all-reduces of b*s*h",
+            "tp2_sp": "plan/comm.py: AG + RS per all-reduce, same bytes",
+            "pp2": "plan/comm.py: activation + gradient per microbatch and boundary"}
+
+
+def planned(mode: str, overrides: list[str]) -> float:
+    """The planner's bytes per step for rank 0 of ``mode`` (plan/comm.py), all dimensions."""
+    from triforge.launcher.config import load_config
+    from triforge.plan.comm import comm_bytes
+    from triforge.plan.layout import layout_from_job, workload_from_job
+
+    job = load_config([*overrides, *MODES[mode]])
+    p = job.parallel
+    if p.dp_shard == -1:
+        p.dp_shard = 2 // (p.dp_replicate * p.tp * p.pp)
+    return sum(comm_bytes(workload_from_job(job), layout_from_job(job)).values())
 
 
 def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> None:
@@ -198,9 +205,6 @@ def measure(d_model: int = 256, layers: int = 4, batch: int = 8, seq: int = 128)
             "trainer.eval_every=0", "checkpoint.every=0", "checkpoint.save_at_end=false",
             "trainer.grad_clip=1.0", f"run.dir={tmp}/run",
         ]
-        model = load_config(overrides).model
-        params = model.num_params(model.padded_vocab(258))
-        bsh = batch * seq * d_model
         for mode in MODES:
             out = f"{tmp}/{mode}.json"
             mp.spawn(worker, args=(free_port(), mode, overrides, out), nprocs=2, join=True)
@@ -209,12 +213,13 @@ def measure(d_model: int = 256, layers: int = 4, batch: int = 8, seq: int = 128)
             if mode == "ep2":
                 rows.append(all_to_all_row(ranks, d_model))
                 measured = {k: v for k, v in measured.items() if k != "alltoall_base_"}
-            micro = batch // (2 if mode in ("ddp2", "fsdp2", "ep2") else 1) // 2
             if mode == "ep2":  # the rest is FSDP's, over the parameters outside the experts
-                minimum, formula = analytic("fsdp2", dense_params(overrides), bsh, layers,
-                                            micro)
+                micro = batch // 2 // 2
+                cfg = load_config(overrides).model
+                root = 2 * cfg.padded_vocab(258) * cfg.d_model + cfg.d_model
+                minimum, formula = analytic_fsdp(dense_params(overrides), root, micro)
             else:
-                minimum, formula = analytic(mode, params, bsh, layers, micro)
+                minimum, formula = planned(mode, overrides), FORMULAS[mode]
             total = sum(measured.values())
             rows.append({"mode": mode, "measured": total, "analytic": minimum,
                          "ratio": total / minimum, "formula": formula, "breakdown": measured})
