@@ -7,6 +7,12 @@ a 4-rank pipeline: a rank's busy time is the sleep it did, and its idle fraction
 1 - busy / step time. The stage split is the trainer's (stage ids r, r + p on rank r) and
 the schedules are torch's, run over gloo.
 
+Two more columns separate the schedule from the machine: ``simulated`` replays the
+schedule's own action order (the ``pipeline_order`` torch's multi-stage runtime executes) with the
+stand-in's durations and no overhead; ``overhead`` is the step time of the same pipeline
+with zero-length sleeps (Python dispatch and gloo transfers, per action), as a fraction of
+the measured step. The measured idle exceeds the formula by about that share.
+
     python bench/bubble.py [--ranks 4] [--microbatches 8] [--ms 50]
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -42,15 +49,15 @@ class SleepStage(nn.Module):
         super().__init__()
         self.a = nn.Parameter(torch.ones(WIDTH))
         self.w = nn.Parameter(torch.ones(WIDTH))
-        self.t_f, self.t_b, self.busy = t_f, t_b, busy
-        self.w.register_hook(self._sleeper(t_w))
+        self.t_f, self.t_b, self.t_w, self.busy = t_f, t_b, t_w, busy
+        self.w.register_hook(self._sleeper("t_w"))
 
-    def _sleeper(self, seconds: float, *, once: bool = False):
+    def _sleeper(self, attr: str, *, once: bool = False):
         fired = []
 
         def hook(grad):
             if not (once and fired):
-                self._sleep(seconds)
+                self._sleep(getattr(self, attr))
                 fired.append(True)
             return grad
         return hook
@@ -59,13 +66,42 @@ class SleepStage(nn.Module):
         """Busy time is what the sleep took (a loaded machine oversleeps), not what it asked."""
         start = time.perf_counter()
         time.sleep(seconds)
-        self.busy.append(time.perf_counter() - start)
+        if seconds:
+            self.busy.append(time.perf_counter() - start)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._sleep(self.t_f)
         mid = x * self.a
-        mid.register_hook(self._sleeper(self.t_b, once=True))
+        mid.register_hook(self._sleeper("t_b", once=True))
         return mid * self.w
+
+
+def run_step(sched, rank: int, world: int, micro: int) -> float:
+    """One schedule step; its time on the slowest rank."""
+    x = torch.ones(micro, WIDTH)
+    dist.barrier()
+    start = time.perf_counter()
+    if rank == 0:
+        sched.step(x)
+    elif rank == world - 1:
+        sched.step(target=x)
+    else:
+        sched.step()
+    elapsed = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return elapsed.item()
+
+
+def overhead_seconds(sched, stages, rank: int, world: int, micro: int) -> float:
+    """The median step time with every sleep set to zero: the schedule's own cost."""
+    for stage in stages:
+        module = stage.submod
+        saved = (module.t_f, module.t_b, module.t_w)
+        module.t_f = module.t_b = module.t_w = 0.0
+    times = [run_step(sched, rank, world, micro) for _ in range(3)]
+    for stage in stages:
+        stage.submod.t_f, stage.submod.t_b, stage.submod.t_w = saved
+    return statistics.median(times)
 
 
 def worker(rank: int, world: int, port: int, micro: int, seconds: float, out: str) -> None:
@@ -81,26 +117,70 @@ def worker(rank: int, world: int, port: int, micro: int, seconds: float, out: st
         sched = SCHEDULES[schedule](stages if schedule in MULTI_STAGE else stages[0],
                                     n_microbatches=micro, loss_fn=lambda y, t: y.sum(),
                                     scale_grads=False)
-        fractions = []
+        # Multi-stage schedules keep their action order (the runtime executes it).
+        order = sched.pipeline_order if schedule in MULTI_STAGE else None
+        fractions, steps = [], []
         for step in range(4):
             busy.clear()
-            x = torch.ones(micro, WIDTH)
-            dist.barrier()
-            start = time.perf_counter()
-            if rank == 0:
-                sched.step(x, target=x) if world == 1 else sched.step(x)
-            elif rank == world - 1:
-                sched.step(target=x)
-            else:
-                sched.step()
             # The step lasts until its slowest rank is done (the first, draining backward).
-            elapsed = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
-            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+            elapsed = run_step(sched, rank, world, micro)
             if step:  # the first step infers shapes
-                fractions.append(1 - sum(busy) / elapsed.item())
-        results[schedule] = {"idle": statistics.median(fractions), "busy_s": sum(busy)}
+                fractions.append(1 - sum(busy) / elapsed)
+                steps.append(elapsed)
+        results[schedule] = {"idle": statistics.median(fractions), "busy_s": sum(busy),
+                             "step_s": statistics.median(steps),
+                             "overhead_s": overhead_seconds(sched, stages, rank, world, micro),
+                             "order": {r: [str(a) if a else None for a in acts]
+                                       for r, acts in (order or {}).items()}}
     Path(f"{out}.{rank}").write_text(json.dumps(results))
     dist.destroy_process_group()
+
+
+def simulate(order: dict, durations: dict[str, float], n_stages: int) -> float:
+    """Idle fraction of the most idle rank when every rank runs its actions of ``order``
+    (``"<stage>F<microbatch>"``; kinds F, B = I + W, I, W) in order, each as soon as its
+    input is ready: F after the previous stage's F, B/I after the next stage's B/I (the last
+    stage's after its own F), W after its I. No communication or dispatch cost."""
+    actions = {r: [c for c in map(parse, filter(None, acts)) if c] for r, acts in order.items()}
+    finished: dict[tuple, float] = {}
+    clock = dict.fromkeys(actions, 0.0)
+    busy = dict.fromkeys(actions, 0.0)
+    pending = {r: 0 for r in actions}
+    progressed = True
+    while progressed:
+        progressed = False
+        for r, acts in actions.items():
+            while pending[r] < len(acts):
+                stage, kind, mb = acts[pending[r]]
+                ready = _ready(finished, stage, kind, mb, n_stages)
+                if ready is None:
+                    break
+                clock[r] = max(clock[r], ready) + durations[kind]
+                busy[r] += durations[kind]
+                finished[(stage, "I" if kind == "B" else kind, mb)] = clock[r]
+                pending[r] += 1
+                progressed = True
+    assert all(pending[r] == len(a) for r, a in actions.items()), "the order cannot finish"
+    span = max(clock.values())
+    return max(1 - b / span for b in busy.values())
+
+
+def parse(action: str) -> tuple[int, str, int] | None:
+    """(stage, kind, microbatch) of a compute action; None for the others (REDUCE_GRAD)."""
+    match = re.fullmatch(r"(\d+)([FBIW])(\d+)", action)
+    return (int(match[1]), match[2], int(match[3])) if match else None
+
+
+def _ready(finished: dict, stage: int, kind: str, mb: int, n_stages: int) -> float | None:
+    if kind == "F":
+        dep = (stage - 1, "F", mb) if stage > 0 else None
+    elif kind in "BI":
+        dep = (stage + 1, "I", mb) if stage < n_stages - 1 else (stage, "F", mb)
+    else:
+        dep = (stage, "I", mb)
+    if dep is None:
+        return 0.0
+    return finished.get(dep)
 
 
 def measure(ranks: int = 4, micro: int = 8, ms: float = 50.0) -> list[dict]:
@@ -114,8 +194,14 @@ def measure(ranks: int = 4, micro: int = 8, ms: float = 50.0) -> list[dict]:
     for schedule, virtual in RUNS:
         formula = bubble_fraction(Layout(pp=ranks, schedule=schedule, virtual=virtual), micro)
         idle = [r[schedule]["idle"] for r in per_rank]
+        order = per_rank[0][schedule]["order"]
+        t = 1.0 / virtual  # per stage, as the stand-in sleeps
+        simulated = (simulate(order, {"F": t, "B": 2 * t, "I": t, "W": t}, ranks * virtual)
+                     if order else None)
+        overhead = per_rank[0][schedule]["overhead_s"] / per_rank[0][schedule]["step_s"]
         rows.append({"schedule": f"{schedule} v{virtual}", "measured": max(idle),
-                     "per_rank": idle, "formula": formula,
+                     "per_rank": idle, "formula": formula, "simulated": simulated,
+                     "overhead": overhead,
                      "expected_busy_s": 3 * micro * ms / 1e3,
                      "busy_s": [r[schedule]["busy_s"] for r in per_rank]})
     return rows
@@ -131,8 +217,10 @@ def main() -> None:
     for row in measure(args.ranks, args.microbatches, args.ms):
         ranks = " ".join(f"{x:.3f}" for x in row["per_rank"])
         busy = " ".join(f"{x:.2f}" for x in row["busy_s"])
+        sim = "-" if row["simulated"] is None else f"{row['simulated']:.3f}"
         print(f"{row['schedule']:<20} measured {row['measured']:.3f} formula "
-              f"{row['formula']:.3f} diff {row['measured'] - row['formula']:+.3f}  ranks [{ranks}]"
+              f"{row['formula']:.3f} diff {row['measured'] - row['formula']:+.3f} simulated "
+              f"{sim} overhead {row['overhead']:.3f}  ranks [{ranks}]"
               f"  busy s [{busy}] (expected {row['expected_busy_s']:.2f})")
 
 
