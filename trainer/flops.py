@@ -33,11 +33,13 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     """FLOP/s of a large square matmul in ``dtype`` on ``device``: the CPU 'peak' MFU is
     measured against, since CPUs have no spec-sheet number that a framework could look up.
     The best of ``trials`` bursts of 0.1 s is taken (after one to warm up threads and caches),
-    so a briefly busy machine does not lower the peak (and inflate MFU)."""
-    n = 1024
+    so a briefly busy machine does not lower the peak (and inflate MFU). The size is the
+    largest of 256, 512, 1024 whose matmul takes at most ~50 ms here: fp16 on a CPU without
+    fp16 units runs at a few GFLOP/s, where a 1024 matmul alone would take seconds."""
     # A generator of its own: a measurement (some ranks re-measure mid-run) must not move
     # the global RNG streams that checkpoints save.
     gen = torch.Generator().manual_seed(0)
+    n = _matmul_size(device, dtype, gen)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     best = 0.0
@@ -51,6 +53,20 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         if trial > 0:
             best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     return best
+
+
+def _matmul_size(device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> int:
+    if device.type == "cuda":
+        return 1024
+    a = torch.randn(256, 256, generator=gen).to(dtype=dtype)
+    torch.matmul(a, a)  # warm-up
+    start = time.perf_counter()
+    torch.matmul(a, a)
+    seconds = max(time.perf_counter() - start, 1e-6)
+    n = 256
+    while n < 1024 and seconds * (2 * n / 256) ** 3 <= 0.05:
+        n *= 2
+    return n
 
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
