@@ -36,6 +36,7 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
         raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
                           f"model.n_layers({job.model.n_layers}), or -1 for off")
     p, t = job.parallel, job.trainer
+    check_compile(job)
     try:
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
@@ -48,6 +49,21 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
     return dims
+
+
+def check_compile(job: JobConfig) -> None:
+    """What ``trainer.compile`` covers so far: dense blocks under data and pipeline
+    parallelism. Under tensor parallelism torch 2.13's compiled backward hands a plain
+    tensor to DTensor's redistribution (AttributeError: no ``_local_tensor``); MoE layers
+    route with data-dependent shapes, which ``fullgraph`` compilation refuses."""
+    if not job.trainer.compile:
+        return
+    if job.parallel.tp > 1:
+        raise ConfigError(f"config: trainer.compile=true does not work with parallel.tp"
+                          f"({job.parallel.tp}) > 1 yet; use trainer.compile=false or tp=1")
+    if job.model.moe.num_experts:
+        raise ConfigError("config: trainer.compile=true covers dense models; mixture-of-experts "
+                          "layers need trainer.compile=false")
 
 
 def check_run_dir(run_dir: str) -> Path:

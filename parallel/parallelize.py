@@ -1,6 +1,6 @@
 """Apply every parallelism of a layout to a (meta-device) model, in the documented order:
-tensor parallel, activation checkpointing, then data parallel (the engine's wrapping, FSDP2
-by default) around the result."""
+tensor parallel, activation checkpointing, per-block compilation, then data parallel (the
+engine's wrapping, FSDP2 by default) around the result."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .activation_checkpoint import apply_ac
+from .compile import apply_compile
 from .dims import ParallelDims
 from .expert_parallel import apply_ep, apply_global_balance
 from .mesh import RoleMeshes
@@ -21,12 +22,13 @@ class ParallelOptions:
     sequence_parallel: bool = True
     activation_checkpoint: str = "none"
     ac_every: int = 2
+    compile: bool = False  # torch.compile each block (parallel/compile.py)
 
 
 def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
                 opts: ParallelOptions, *, wrap_data_parallel: Callable[[nn.Module], None]) -> None:
     """Apply the layout to ``model`` in place: TP, EP, the routers' global balance counts,
-    activation checkpointing, then the data-parallel engine's wrapping (FSDP2 over the dense
+    activation checkpointing, compilation, then the data-parallel engine's wrapping (FSDP2 over the dense
     FSDP mesh, or another engine's).
     With ``meshes`` None (one process) tensor parallelism does not apply."""
     if meshes is not None and dims.tp > 1:
@@ -36,4 +38,6 @@ def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
     if meshes is not None and dims.dp * dims.cp > 1:
         apply_global_balance(model, meshes.loss)
     apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
+    if opts.compile:
+        apply_compile(model)
     wrap_data_parallel(model)

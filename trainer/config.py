@@ -21,6 +21,7 @@ class TrainerConfig:
     eval_batches: int = 4
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False
+    compile: bool = False  # torch.compile each block (inductor; on CPU its C++ backend)
     sample_at_end: bool = True
     nonfinite: str = "halt"  # skip | halt: what a non-finite loss or gradient does
     spike_zscore: float = 0.0  # skip updates whose loss is this many std above recent (0: off)

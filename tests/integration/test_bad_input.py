@@ -26,6 +26,9 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
     (["model.vocab_size=100"], r"model.vocab_size\(100\) is smaller than the tokenizer's"),
     (["trainer.batch_size=1000000000000"],
      r"trainer.batch_size\(1000000000000\) exceeds the \d+ training windows"),
+    (["trainer.compile=true", "parallel.tp=2"],
+     r"trainer.compile=true does not work with parallel.tp\(2\) > 1 yet"),
+    (["trainer.compile=true", "model=moe_tiny"], r"trainer.compile=true covers dense models"),
 ])
 def test_job_values_that_cannot_run_are_config_errors(tmp_path, data_overrides, overrides,
                                                       pattern):

@@ -37,6 +37,18 @@ def test_layout_matches_single_process(name, baseline, tmp_path, data_overrides)
     assert_same_run(name, records, baseline)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["single", "fsdp2"])
+def test_compiled_blocks_train_like_eager(name, baseline, tmp_path, data_overrides):
+    """trainer.compile=true (inductor's C++ backend here) changes how each block computes,
+    not what: the same losses and gradient norms as the eager single process."""
+    nproc, overrides = (1, []) if name == "single" else LAYOUTS[name]
+    records = run_layout(tmp_path / name, nproc, [*overrides, "trainer.compile=true"],
+                         data_overrides)
+    assert_same_run(f"{name}_compiled", records, baseline)
+
+
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
 MLM_DOCS = ["objective=mlm", *DOCS]
 
