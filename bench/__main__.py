@@ -2,7 +2,8 @@
 
 Every figure is a ratio measured in the same run (this machine is shared and noisy):
 
-1. throughput of ``small`` and a ~40M-parameter shape in fp32 and bf16: tokens/s, model
+1. throughput of ``small`` and a ~40M-parameter shape in fp32 and bf16 (``small`` compiled too,
+   with its speedup over eager): tokens/s, model
    FLOP/s (6N + 12 L h s per token, N the non-embedding parameters) and their ratio to the
    machine's matmul rate in that dtype, measured just before;
 2. framework overhead: triforge / a hand-written loop, per round (bench/overhead.py);
@@ -36,9 +37,10 @@ SHAPES = {"small": ["model=small"],
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def throughput(shape: str, dtype: str, steps: int) -> dict:
+def throughput(shape: str, dtype: str, steps: int, *, compiled: bool = False) -> dict:
     overrides = [*SHAPES[shape], f"precision={dtype}", "trainer.batch_size=8",
-                 "trainer.seq_len=256", "trainer.micro_batch_size=8"]
+                 "trainer.seq_len=256", "trainer.micro_batch_size=8",
+                 f"trainer.compile={str(compiled).lower()}"]
     gemm = measure_matmul_peak(torch.device("cpu"), DTYPES[dtype])
     with tempfile.TemporaryDirectory() as run_dir:
         job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
@@ -53,7 +55,8 @@ def throughput(shape: str, dtype: str, steps: int) -> dict:
     per_token = flops_per_token(job.model.num_params(vocab, embedding=False, active=True),
                                 job.model.n_layers, job.model.d_model, job.trainer.seq_len)
     model_flops = tokens_per_s * per_token
-    return {"section": "throughput", "name": f"{shape} {dtype}", "tokens_per_s": tokens_per_s,
+    name = f"{shape} {dtype}{' compiled' if compiled else ''}"
+    return {"section": "throughput", "name": name, "tokens_per_s": tokens_per_s,
             "model_flops": model_flops, "gemm_flops": gemm, "ratio": model_flops / gemm,
             "target": "ratio of the machine's matmul rate"}
 
@@ -64,6 +67,11 @@ def run(quick: bool) -> list[dict]:
     for shape in SHAPES:
         for dtype in DTYPES:
             rows.append(throughput(shape, dtype, steps))
+    for dtype in DTYPES:  # compiled (the first steps compile; the median skips them)
+        eager = next(r for r in rows if r["name"] == f"small {dtype}")
+        row = throughput("small", dtype, steps + 4, compiled=True)
+        row["speedup"] = row["tokens_per_s"] / eager["tokens_per_s"]
+        rows.append(row)
     result = overhead.measure(2 if quick else 6, 6 if quick else 8, ["model=small"])
     ratios = result["ratios"]
     rows.append({"section": "overhead", "name": "triforge / hand loop (small)",
@@ -101,6 +109,8 @@ def print_table(rows: list[dict]) -> None:
         if row["section"] == "throughput":
             details = (f"{row['tokens_per_s']:,.0f} tok/s, model {row['model_flops'] / 1e9:.1f}"
                        f" GFLOP/s vs matmul {row['gemm_flops'] / 1e9:.1f} GFLOP/s")
+            if "speedup" in row:
+                details += f"; {row['speedup']:.2f}x eager"
         elif row["section"] == "overhead":
             details = f"min {row['min']:.3f} max {row['max']:.3f} (target {row['target']})"
         elif row["section"] == "bubble":

@@ -88,12 +88,25 @@ def rank_params(work: Workload, layout: Layout, pp_rank: int) -> list[tuple[str,
 def state_bytes(work: Workload, layout: Layout, pp_rank: int = 0) -> dict[str, int]:
     """Bytes of parameters, gradients and optimizer state on the largest rank of pipeline
     rank ``pp_rank`` (tensor and FSDP rank 0)."""
-    elements = tensors = 0
+    elements = grads = tensors = 0
     for name, shape in rank_params(work, layout, pp_rank):
-        elements += fsdp_shard_numel(tp_local_shape(name, shape, layout.tp), layout.dp_shard)
+        local = fsdp_shard_numel(tp_local_shape(name, shape, layout.tp), layout.dp_shard)
+        elements += local
+        grads += local
+        if name.startswith("tok_embeddings") and layout.tp > 1 and layout.dp == 1:
+            # The vocabulary-parallel embedding's gradient comes back replicated (the whole
+            # table); FSDP, where there is data parallelism, reduces it into its shard.
+            grads += _numel(shape) - local
         tensors += 1
-    return {"params": 4 * elements, "grads": 4 * elements,
+    return {"params": 4 * elements, "grads": 4 * grads,
             "optimizer": 8 * elements + STEP_BYTES * tensors}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def block_activation_bytes(work: Workload, layout: Layout, *, tokens: int) -> float:
