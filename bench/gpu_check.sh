@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared pass of the GPU checks (kernel tests, attention speed, training steps in each
-# precision), for a lent GPU machine whose image has torch and triton but not our other
+# precision, llama_1b throughput eager and compiled; SKIP_KERNELS / SKIP_LLAMA / SKIP_BENCH
+# leave phases out), for a lent GPU machine whose image has torch and triton but not our other
 # dependencies. Usage: bench/gpu_check.sh OUT_DIR [SITE_DIR DATA_DIR]
 #   SITE_DIR: pure-Python packages missing there (hydra, omegaconf, antlr4), put on PYTHONPATH
 #   DATA_DIR: a prepared dataset directory (data.dir), so no corpus is built there
@@ -37,6 +38,22 @@ for run in $runs; do
         checkpoint.every=0 checkpoint.save_at_end=false checkpoint.resume=none \
         run.dir="/tmp/gpu_$1_$2_$3" 2>&1 | grep -E "^step|model |error|Error" | tee -a "$out/train.txt"
 done
+
+if [ -z "${SKIP_LLAMA:-}" ]; then
+    echo "== llama_1b bf16, seq 2048, batch 8: SDPA and our kernel, eager and compiled (MFU vs 989 TFLOP/s)"
+    for run in ${LLAMA_RUNS:-"sdpa,false sdpa,true triton,false triton,true"}; do
+        IFS=, read -r backend compiled <<<"$run"
+        echo "-- attention.backend=$backend trainer.compile=$compiled"
+        timeout 240 python3 -m triforge.launcher.train model=llama_1b precision=bf16 \
+            attention.backend="$backend" trainer.compile="$compiled" "${data_arg[@]}" \
+            trainer.seq_len=2048 trainer.batch_size=8 trainer.max_steps=20 trainer.log_every=5 \
+            trainer.eval_every=0 optim.warmup_steps=5 logging.wandb.enabled=false \
+            logging.progress_bar=false trainer.sample_at_end=false checkpoint.every=0 \
+            checkpoint.save_at_end=false checkpoint.resume=none \
+            run.dir="/tmp/gpu_llama_${backend}_${compiled}" 2>&1 \
+            | grep -E "^step|model |error|Error" | tee -a "$out/llama_1b.txt"
+    done
+fi
 
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 echo "== MoE routing kernels vs the torch reference, and moe_small training"
