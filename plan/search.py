@@ -80,7 +80,7 @@ def memory_of(work: Workload, layout: Layout) -> dict[str, float]:
     """Bytes on the most loaded rank: the first pipeline rank's activations (it keeps the
     most microbatches in flight) with the larger state of the first and the last rank (the
     embedding's or the head's). The last rank's head activations are left out: it holds
-    fewer microbatches, which more than makes up for them in the schedules here."""
+    fewer microbatches, which for transformer shapes more than makes up for them."""
     first = {**state_bytes(work, layout, 0), "activations": activation_bytes(work, layout),
              "fsdp_buffers": transient_bytes(work, layout)}
     last = {**state_bytes(work, layout, layout.pp - 1), "activations": first["activations"],
