@@ -123,10 +123,7 @@ def planned(mode: str, overrides: list[str]) -> float:
     from triforge.plan.layout import layout_from_job, workload_from_job
 
     job = load_config([*overrides, *MODES[mode]])
-    p = job.parallel
-    if p.dp_shard == -1:
-        p.dp_shard = 2 // (p.dp_replicate * p.tp * p.pp)
-    return sum(comm_bytes(workload_from_job(job), layout_from_job(job)).values())
+    return sum(comm_bytes(workload_from_job(job), layout_from_job(job, 2)).values())
 
 
 def worker(rank: int, port: int, mode: str, overrides: list[str], out: str) -> None:

@@ -125,10 +125,7 @@ def predicted(name: str, pp_rank: int) -> dict[str, float]:
     from triforge.plan.memory import block_activation_bytes, state_bytes
 
     job = load_config([*BASE, *LAYOUTS[name][1]])
-    if job.parallel.dp_shard == -1:  # the ranks the other degrees leave
-        job.parallel.dp_shard = LAYOUTS[name][0] // (job.parallel.dp_replicate * job.parallel.tp
-                                                     * job.parallel.pp)
-    layout, work = layout_from_job(job), workload_from_job(job)
+    layout, work = layout_from_job(job, LAYOUTS[name][0]), workload_from_job(job)
     out = dict(state_bytes(work, layout, pp_rank))
     tokens = layout.micro_batch * work.seq_len
     out["block_activations"] = job.model.n_layers * block_activation_bytes(work, layout,

@@ -47,10 +47,6 @@ def parse(args: list[str]) -> tuple[dict, list[str]]:
     return opts, rest
 
 
-def workload(overrides: list[str]) -> Workload:
-    return workload_from_job(load_config(overrides))
-
-
 def row(i: int, p) -> str:
     lay, gib = p.layout, sum(p.memory.values()) / 2**30
     sched = f"{lay.schedule} v{lay.virtual}" if lay.pp > 1 else "-"
@@ -83,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts, rest = parse(sys.argv[1:] if argv is None else argv)
         device = device_named(opts["gpu"], intra_bw=opts["intra_bw"], inter_bw=opts["inter_bw"])
-        work = workload(rest)
+        work = workload_from_job(load_config(rest))
         fits, rejected = plan(work, opts["world_size"], device,
                               gpus_per_node=opts["gpus_per_node"], efficiency=opts["efficiency"])
     except ValueError as exc:

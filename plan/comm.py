@@ -19,24 +19,19 @@ convention ``bench/comm.py`` measures with:
 
 from __future__ import annotations
 
+import math
+
 from .layout import Layout, Workload
-from .memory import rank_params, rank_stages, tp_local_shape
+from .memory import rank_layers, rank_params, rank_stages, tp_local_shape
 
 ROOT = ("tok_embeddings", "norm", "output")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _rank_elements(work: Workload, layout: Layout, pp_rank: int) -> tuple[int, int]:
     """(block, root) parameter elements of one tensor-parallel rank of ``pp_rank``."""
     block = root = 0
     for name, shape in rank_params(work, layout, pp_rank):
-        n = _numel(tp_local_shape(name, shape, layout.tp))
+        n = math.prod(tp_local_shape(name, shape, layout.tp))
         if name.split(".")[0] in ROOT:
             root += n
         else:
@@ -74,8 +69,7 @@ def comm_bytes(work: Workload, layout: Layout, pp_rank: int = 0) -> dict[str, fl
     t = layout.tp
     if t > 1:
         stages = rank_stages(layout, pp_rank)
-        layers = sum(1 for name, _ in rank_params(work, layout, pp_rank)
-                     if name.endswith("attention.wq.weight"))
+        layers = rank_layers(work, layout, pp_rank)
         ends = (0 in stages) + (layout.pp * layout.virtual - 1 in stages)
         reductions = 4 * layers + 2 * _recomputed_layers(layout, layers) + ends
         tokens = layout.micro_batch * work.seq_len

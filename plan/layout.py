@@ -80,11 +80,13 @@ def workload_from_job(job) -> Workload:
                     dtype=job.precision.dtype)
 
 
-def layout_from_job(job) -> Layout:
-    """The layout a job config asks for (dp_shard=-1 is not resolved here: give it)."""
+def layout_from_job(job, world_size: int) -> Layout:
+    """The layout a job config asks for on ``world_size`` ranks (dp_shard=-1: the ranks the
+    other degrees leave, as ``ParallelDims`` resolves it)."""
     p, t = job.parallel, job.trainer
-    micro = t.micro_batch_size or t.batch_size // (p.dp_replicate * max(p.dp_shard, 1))
-    return Layout(dp_replicate=p.dp_replicate, dp_shard=max(p.dp_shard, 1), tp=p.tp, pp=p.pp,
+    dp_shard = p.dp_shard if p.dp_shard != -1 else world_size // (p.dp_replicate * p.tp * p.pp)
+    micro = t.micro_batch_size or t.batch_size // (p.dp_replicate * dp_shard)
+    return Layout(dp_replicate=p.dp_replicate, dp_shard=dp_shard, tp=p.tp, pp=p.pp,
                   schedule=p.pp_schedule, virtual=p.pp_virtual_stages, micro_batch=micro,
                   ac=p.activation_checkpoint, ac_every=p.ac_every,
                   sequence_parallel=p.sequence_parallel,

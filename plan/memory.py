@@ -28,6 +28,8 @@ element) and recomputes one block at a time in backward.
 
 from __future__ import annotations
 
+import math
+
 from triforge.parallel.pipeline import stage_layers
 
 from .layout import Layout, Workload
@@ -49,15 +51,25 @@ def tp_local_shape(name: str, shape: tuple[int, ...], tp: int) -> tuple[int, ...
 
 def fsdp_shard_numel(shape: tuple[int, ...], n: int) -> int:
     """Elements of rank 0's FSDP2 shard (the largest) of a tensor split on dim 0 over n."""
-    rest = 1
-    for d in shape[1:]:
-        rest *= d
-    return -(-shape[0] // n) * rest
+    return -(-shape[0] // n) * math.prod(shape[1:])
 
 
 def rank_stages(layout: Layout, pp_rank: int) -> list[int]:
     """Stage ids a pipeline rank holds: r, r + pp, ... (what the schedules expect)."""
     return list(range(pp_rank, layout.pp * layout.virtual, layout.pp))
+
+
+def rank_layers(work: Workload, layout: Layout, pp_rank: int) -> int:
+    """Blocks a pipeline rank holds, over all its stages."""
+    per_stage = stage_layers(work.model.n_layers, layout.pp * layout.virtual, [])
+    return sum(len(per_stage[sid]) for sid in rank_stages(layout, pp_rank))
+
+
+def block_params(work: Workload) -> float:
+    """Parameters of one block (the model's, less the embedding, head and final norm)."""
+    cfg = work.model
+    head = 0 if cfg.tie_embeddings else work.vocab * cfg.d_model
+    return (cfg.num_params(work.vocab, embedding=False) - cfg.d_model - head) / cfg.n_layers
 
 
 def rank_params(work: Workload, layout: Layout, pp_rank: int) -> list[tuple[str, tuple]]:
@@ -96,17 +108,11 @@ def state_bytes(work: Workload, layout: Layout, pp_rank: int = 0) -> dict[str, i
         if name.startswith("tok_embeddings") and layout.tp > 1 and layout.dp == 1:
             # The vocabulary-parallel embedding's gradient comes back replicated (the whole
             # table); FSDP, where there is data parallelism, reduces it into its shard.
-            grads += _numel(shape) - local
+            grads += math.prod(shape) - local
         tensors += 1
     return {"params": 4 * elements, "grads": 4 * grads,
             "optimizer": 8 * elements + STEP_BYTES * tensors}
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def block_activation_bytes(work: Workload, layout: Layout, *, tokens: int) -> float:
@@ -146,8 +152,7 @@ def in_flight(layout: Layout, microbatches: int) -> float:
 def activation_bytes(work: Workload, layout: Layout) -> float:
     """Peak activation bytes on the first pipeline rank (the last one adds the head's)."""
     tokens = layout.micro_batch * work.seq_len
-    layers = sum(len(stage_layers(work.model.n_layers, layout.pp * layout.virtual, [])[sid])
-                 for sid in rank_stages(layout, 0))
+    layers = rank_layers(work, layout, 0)
     block = block_activation_bytes(work, layout, tokens=tokens)
     t_sp = layout.tp if layout.sequence_parallel else 1
     if layout.ac == "full":
@@ -169,7 +174,4 @@ def transient_bytes(work: Workload, layout: Layout) -> float:
     running and the one prefetched) and one block's unsharded fp32 gradients, when sharded."""
     if layout.dp_shard == 1:
         return 0.0
-    cfg = work.model
-    block = cfg.num_params(work.vocab, embedding=False) - cfg.d_model
-    block = (block - (0 if cfg.tie_embeddings else work.vocab * cfg.d_model)) / cfg.n_layers
-    return block / layout.tp * (2 * work.act_bytes + 4)
+    return block_params(work) / layout.tp * (2 * work.act_bytes + 4)

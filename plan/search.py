@@ -28,7 +28,7 @@ from triforge.trainer.flops import flops_per_token
 from .comm import comm_bytes, comm_seconds
 from .hardware import Device
 from .layout import Layout, Workload
-from .memory import activation_bytes, state_bytes, transient_bytes
+from .memory import activation_bytes, block_params, state_bytes, transient_bytes
 from .schedule import bubble_fraction
 
 MEMORY_FRACTION = 0.9
@@ -106,9 +106,8 @@ def predict(work: Workload, layout: Layout, device: Device, *, gpus_per_node: in
     per_token = flops_per_token(cfg.num_params(work.vocab, embedding=False, active=True),
                                 cfg.n_layers, cfg.d_model, work.seq_len)
     recompute = {"none": 0.0, "full": 1.0, "selective": 1 / layout.ac_every}[layout.ac]
-    block_fwd = 2 * (cfg.num_params(work.vocab, embedding=False) - cfg.d_model
-                     - (0 if cfg.tie_embeddings else work.vocab * cfg.d_model))
-    block_fwd += 4 * cfg.n_layers * cfg.d_model * work.seq_len
+    # The recomputed forward of every block, per token: 2 FLOPs per parameter + attention.
+    block_fwd = cfg.n_layers * (2 * block_params(work) + 4 * cfg.d_model * work.seq_len)
     tokens = work.batch_size * work.seq_len / layout.world_size
     pred.compute_s = tokens * (per_token + recompute * block_fwd) / (efficiency * device.peak_flops)
     pred.bubble = bubble_fraction(layout, layout.microbatches(work))
