@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.bounded import run_bounded
 from tests.helpers.runs import COMMON, run_layout
 
 RACE = Path(__file__).parents[1] / "helpers" / "exit_race.py"
@@ -32,7 +33,7 @@ def race(mode: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            str(RACE), mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return run_bounded(cmd, env=env)
 
 
 @pytest.mark.distributed

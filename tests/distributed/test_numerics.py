@@ -8,7 +8,6 @@ rank 0 too, which writes the metrics and the checkpoints these tests read.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from tests.helpers.bounded import run_bounded
 from tests.helpers.runs import COMMON, run_layout
 from tests.helpers.state import UNIT_ROUNDOFF, flat
 
@@ -70,8 +70,7 @@ def test_nan_loss_on_one_rank_halts_every_rank(tmp_path, data_overrides):
             "parallel.tp=2", *ON_RANK_1_AT_3, "trainer.max_steps=5"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "triforge.launcher.train", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_bounded(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     message = "error: non-finite loss at step 3 (first seen on rank 1)"
     assert proc.stderr.count(message) == 2, proc.stderr[-3000:]  # both ranks stop, same words

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.bounded import children
 from tests.helpers.runs import COMMON, run_layout
 
 EXIT_PREEMPTED = 75
@@ -65,19 +66,6 @@ def complete_records(metrics: Path) -> list[dict]:
 def last_losses(run_dir: Path) -> dict[int, float]:
     """Per step, the loss of the last time the step ran (a restarted run repeats steps)."""
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").open())}
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 @pytest.fixture(scope="module")
