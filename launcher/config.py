@@ -8,6 +8,7 @@ fail there), then ``validate`` checks values and cross-field rules. Every failur
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from triforge.errors import ConfigError
 from triforge.kernels.attention import BACKENDS, check_backend_available
+from triforge.kernels.rmsnorm import check_norm_impl
 from triforge.models.config import ModelConfig
 from triforge.parallel.dims import ParallelConfig
 from triforge.trainer.config import (
@@ -100,6 +102,8 @@ def validate(job: JobConfig) -> None:
     if job.attention.backend not in BACKENDS:
         raise ValueError(f"attention.backend='{job.attention.backend}' is not one of {BACKENDS}")
     check_backend_available(job.attention.backend)
+    check_norm_impl(job.model.norm_impl,
+                    interpreter=os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def _one_line(exc: BaseException) -> str:

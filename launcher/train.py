@@ -37,6 +37,7 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
                           f"model.n_layers({job.model.n_layers}), or -1 for off")
     p, t = job.parallel, job.trainer
     check_compile(job)
+    check_fused_norm(job)
     try:
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
@@ -64,6 +65,21 @@ def check_compile(job: JobConfig) -> None:
     if job.model.moe.num_experts:
         raise ConfigError("config: trainer.compile=true covers dense models; mixture-of-experts "
                           "layers need trainer.compile=false")
+
+
+def check_fused_norm(job: JobConfig) -> None:
+    """What a fused ``model.norm_impl`` covers so far: data and pipeline parallelism. Under
+    tensor parallelism its kernel call on the local rows of a DTensor fails in the Triton
+    interpreter ("invalid python storage"), and under ``trainer.compile`` it is untested."""
+    impl = job.model.norm_impl
+    if impl == "torch":
+        return
+    if job.parallel.tp > 1:
+        raise ConfigError(f"config: model.norm_impl={impl} does not work with parallel.tp"
+                          f"({job.parallel.tp}) > 1 yet; use model.norm_impl=torch or tp=1")
+    if job.trainer.compile:
+        raise ConfigError(f"config: model.norm_impl={impl} is not covered by trainer.compile "
+                          "yet; use model.norm_impl=torch with trainer.compile=true")
 
 
 def check_run_dir(run_dir: str) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from triforge.kernels.rmsnorm import IMPLS as NORM_IMPLS
+
 from .moe.config import MoEConfig
 
 
@@ -24,6 +26,7 @@ class ModelConfig:
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    norm_impl: str = "torch"  # torch | triton (our fused kernels) | apex (kernels/rmsnorm)
     tie_embeddings: bool = False
     init_std: float = 0.02
     moe: MoEConfig = field(default_factory=MoEConfig)  # num_experts=0: dense
@@ -66,6 +69,8 @@ class ModelConfig:
             )
         if self.vocab_size < 0 or self.n_kv_heads < 0 or self.ffn_hidden < 0:
             raise ValueError("model.vocab_size, n_kv_heads and ffn_hidden must be >= 0")
+        if self.norm_impl not in NORM_IMPLS:
+            raise ValueError(f"model.norm_impl='{self.norm_impl}' is not one of {NORM_IMPLS}")
         self.moe.validate(n_layers=self.n_layers)
         hidden = self.moe.expert_hidden or self.hidden_dim
         if self.moe.enabled and self.moe.grouped_mm and (self.d_model % 8 or hidden % 8):

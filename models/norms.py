@@ -1,20 +1,22 @@
-"""RMSNorm (Zhang & Sennrich 2019), as in Llama."""
+"""RMSNorm (Zhang & Sennrich 2019), as in Llama; the math is kernels/rmsnorm/reference.py."""
 
 import torch
 from torch import nn
 
+from triforge.kernels.rmsnorm import rms_norm
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
+    """``impl`` (``model.norm_impl``): torch (reference ops), triton (our fused kernels) or
+    apex; all compute the same function, so checkpoints do not depend on it."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, impl: str = "torch"):
         super().__init__()
-        self.eps = eps
+        self.eps, self.impl = eps, impl
         self.weight = nn.Parameter(torch.empty(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in fp32 so low-precision activations do not lose the mean square.
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps, impl=self.impl)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)

@@ -25,9 +25,9 @@ class Block(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.controls = BlockControls()  # plain attributes: not state, not in checkpoints
-        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
         self.attention = Attention(cfg, backend=attention_backend)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
         self.feed_forward = build_feed_forward(cfg, layer_id, self.controls)
 
     def forward(self, x, rope_cos, rope_sin, mask: AttentionMask, positions) -> torch.Tensor:
@@ -54,7 +54,7 @@ class Transformer(nn.Module):
             {str(i): Block(cfg, i, attention_backend=attention_backend)
              for i in range(cfg.n_layers)}
         )
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_impl)
         self.output = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.tie_weights()
         # Rotary tables: derived values, not state (rebuilt by init_buffers, not checkpointed).

@@ -49,6 +49,19 @@ def test_compiled_blocks_train_like_eager(name, baseline, tmp_path, data_overrid
     assert_same_run(f"{name}_compiled", records, baseline)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["single", "fsdp2"])
+def test_the_fused_triton_norm_trains_like_the_reference_norm(name, baseline, tmp_path,
+                                                              data_overrides):
+    """model.norm_impl=triton (our kernels; the interpreter here, TRITON_INTERPRET=1 from
+    conftest.py) trains like the PyTorch norm of the baseline, in one process and with
+    FSDP2 (whose unsharded parameters the kernel reads)."""
+    nproc, overrides = (1, []) if name == "single" else LAYOUTS[name]
+    records = run_layout(tmp_path / name, nproc, [*overrides, "model.norm_impl=triton"],
+                         data_overrides)
+    assert_same_run(f"{name}_triton_norm", records, baseline)
+
+
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
 MLM_DOCS = ["objective=mlm", *DOCS]
 
