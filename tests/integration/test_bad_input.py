@@ -29,8 +29,6 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
     (["trainer.compile=true", "parallel.tp=2"],
      r"trainer.compile=true does not work with parallel.tp\(2\) > 1 yet"),
     (["trainer.compile=true", "model=moe_tiny"], r"trainer.compile=true covers dense models"),
-    (["model.norm_impl=triton", "parallel.tp=2"],
-     r"model.norm_impl=triton does not work with parallel.tp\(2\) > 1 yet"),
     (["model.norm_impl=triton", "trainer.compile=true"],
      r"model.norm_impl=triton is not covered by trainer.compile yet"),
 ])

@@ -50,12 +50,15 @@ def test_compiled_blocks_train_like_eager(name, baseline, tmp_path, data_overrid
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", ["single", "fsdp2"])
+@pytest.mark.parametrize("name", ["single", "fsdp2", "tp2", "tp2_no_sp", "pp2_1f1b"])
 def test_the_fused_triton_norm_trains_like_the_reference_norm(name, baseline, tmp_path,
                                                               data_overrides):
     """model.norm_impl=triton (our kernels; the interpreter here, TRITON_INTERPRET=1 from
-    conftest.py) trains like the PyTorch norm of the baseline, in one process and with
-    FSDP2 (whose unsharded parameters the kernel reads)."""
+    conftest.py) trains like the PyTorch norm of the baseline: in one process, with FSDP2
+    (whose unsharded parameters the kernel reads), and under tp2 with sequence parallelism
+    (each rank's rows of the sharded sequence; the weight's gradient a partial sum over
+    the ranks) and without (replicated rows; each rank's weight gradient is complete), and
+    in a two-stage pipeline."""
     nproc, overrides = (1, []) if name == "single" else LAYOUTS[name]
     records = run_layout(tmp_path / name, nproc, [*overrides, "model.norm_impl=triton"],
                          data_overrides)
