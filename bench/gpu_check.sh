@@ -58,6 +58,8 @@ fi
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 echo "== MoE routing kernels vs the torch reference, and moe_small training"
 timeout 120 python3 bench/moe_routing.py 2>&1 | tee "$out/moe_routing.txt" | tail -5
+echo "== RMSNorm: ours (Triton), torch, apex if installed; forward + backward"
+timeout 120 python3 -m bench.rmsnorm 2>&1 | tee "$out/rmsnorm.txt" | tail -12
 timeout 150 python3 -m triforge.launcher.train model=moe_small precision=bf16 \
     "${data_arg[@]}" trainer.batch_size=32 trainer.max_steps=30 trainer.log_every=10 \
     trainer.eval_every=0 logging.wandb.enabled=false logging.progress_bar=false \
