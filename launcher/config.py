@@ -35,6 +35,7 @@ from triforge.trainer.data.config import DataConfig
 from triforge.trainer.layer_drop import LayerDropConfig
 from triforge.trainer.numerics import DebugConfig
 from triforge.trainer.objectives import ObjectiveConfig
+from triforge.trainer.optim import check_optim_impl
 from triforge.trainer.precision import PrecisionConfig
 
 from .schema import GROUPS, check_finite, check_overrides
@@ -102,6 +103,7 @@ def validate(job: JobConfig) -> None:
     if job.attention.backend not in BACKENDS:
         raise ValueError(f"attention.backend='{job.attention.backend}' is not one of {BACKENDS}")
     check_backend_available(job.attention.backend)
+    check_optim_impl(job.optim.impl)
     check_norm_impl(job.model.norm_impl,
                     interpreter=os.environ.get("TRITON_INTERPRET") == "1")
 

@@ -48,6 +48,9 @@ class TrainerConfig:
             raise ValueError(f"trainer.device='{self.device}' must be auto, cpu or cuda")
 
 
+OPTIM_IMPLS = ("foreach", "fused", "apex")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with linear warmup, then cosine or linear decay to ``lr * min_lr_ratio``, a
@@ -64,8 +67,14 @@ class OptimConfig:
     # wsd (warmup-stable-decay): lr held after warmup, then a linear decay to
     # lr * min_lr_ratio over the last decay_steps steps (Hu et al. 2024, Hägele et al. 2024)
     decay_steps: int = 0
+    # The AdamW implementation: foreach (PyTorch, one kernel per op over all tensors), fused
+    # (PyTorch's single fused kernel, CPU and CUDA) or apex (apex's FusedAdam, CUDA). The
+    # same update up to rounding; foreach and fused share one checkpoint format.
+    impl: str = "foreach"
 
     def validate(self) -> None:
+        if self.impl not in OPTIM_IMPLS:
+            raise ValueError(f"optim.impl='{self.impl}' is not one of {OPTIM_IMPLS}")
         if self.lr <= 0 or self.eps <= 0:
             raise ValueError(f"optim.lr({self.lr}) and optim.eps({self.eps}) must be > 0")
         if self.weight_decay < 0:

@@ -6,6 +6,7 @@ resuming at step N gives the same learning rate as the uninterrupted run.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -22,9 +23,23 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True
-    )
+    if cfg.impl == "apex":
+        from apex.optimizers import FusedAdam  # optional, checked at start-up
+
+        return FusedAdam(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                         adam_w_mode=True)
+    kind = {"foreach": True} if cfg.impl == "foreach" else {"fused": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             **kind)
+
+
+def check_optim_impl(impl: str) -> None:
+    """Fail at start-up, with the fix, when ``optim.impl`` cannot run here."""
+    if impl == "apex" and not (torch.cuda.is_available()
+                               and importlib.util.find_spec("amp_C")):
+        raise ValueError("optim.impl=apex needs a CUDA GPU and NVIDIA apex built with its CUDA "
+                         "extensions (built from github.com/NVIDIA/apex, see the README); use "
+                         "optim.impl=fused for PyTorch's fused AdamW")
 
 
 class Optimizers:

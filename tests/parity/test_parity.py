@@ -65,6 +65,17 @@ def test_the_fused_triton_norm_trains_like_the_reference_norm(name, baseline, tm
     assert_same_run(f"{name}_triton_norm", records, baseline)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", ["single", "fsdp2", "tp2"])
+def test_the_fused_adamw_trains_like_the_foreach_one(name, baseline, tmp_path, data_overrides):
+    """optim.impl=fused (PyTorch's one-kernel AdamW, on plain tensors and on the DTensors of
+    FSDP2 and TP) makes the same updates as the baseline's foreach AdamW."""
+    nproc, overrides = (1, []) if name == "single" else LAYOUTS[name]
+    records = run_layout(tmp_path / name, nproc, [*overrides, "optim.impl=fused"],
+                         data_overrides)
+    assert_same_run(f"{name}_fused_adamw", records, baseline)
+
+
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
 MLM_DOCS = ["objective=mlm", *DOCS]
 

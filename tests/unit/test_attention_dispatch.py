@@ -75,3 +75,4 @@ def test_flash_attn_backend_is_a_startup_error_when_missing_or_inexpressible():
     with pytest.raises(ValueError, match="cannot express a 'prefix' mask"):
         attention(q, q, q, AttentionMask("prefix", prefix_len=torch.tensor([2])),
                   backend="flash_attn")
+
