@@ -38,11 +38,13 @@ def _triton(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tenso
 
 
 def _flash_attn(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tensor:
-    if not (mask.is_plain_causal or mask.is_plain_full):
+    if mask.kind == "prefix":
         raise ValueError(
-            f"attention.backend=flash_attn cannot express a '{mask.kind}' mask"
+            f"attention.backend=flash_attn cannot express a 'prefix' mask"
             f"{' with document ids' if mask.doc_ids is not None else ''}; use triton or sdpa"
         )
+    if mask.doc_ids is not None:
+        return _flash_attn_varlen(q, k, v, mask, scale=scale)
     from flash_attn import flash_attn_func  # optional dependency, checked at start-up
 
     # flash-attn takes (b, s, h, d) and handles grouped-query heads itself.
@@ -51,6 +53,36 @@ def _flash_attn(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.T
         softmax_scale=scale, causal=mask.kind == "causal",
     )
     return out_bshd.transpose(1, 2)
+
+
+def document_segments(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``cu_seqlens`` (int32, segments + 1) and the longest segment of a packed batch, for
+    flash-attn's variable-length kernels: the (b, s) tokens flattened row by row, a segment
+    being each run of equal document ids within a row. Packing writes each document as one
+    run, so a segment is a document (or the part of one that a row holds)."""
+    b, s = doc_ids.shape
+    starts = torch.ones(b, s, dtype=torch.bool, device=doc_ids.device)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = starts.flatten().nonzero().flatten()
+    end = torch.tensor([b * s], device=doc_ids.device)
+    cu_seqlens = torch.cat([first, end]).to(torch.int32)
+    return cu_seqlens, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def _flash_attn_varlen(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tensor:
+    """Document masking through ``flash_attn_varlen_func``: each document a sequence of its
+    own, so no tile of another document is computed."""
+    from flash_attn import flash_attn_varlen_func  # optional dependency, checked at start-up
+
+    if q.shape[2] != k.shape[2]:
+        raise ValueError("attention.backend=flash_attn with document ids needs queries and "
+                         "keys of one length; use triton or sdpa")
+    b, _, s, _ = q.shape
+    cu_seqlens, longest = document_segments(mask.doc_ids.to(q.device))
+    tokens = [t.transpose(1, 2).reshape(b * s, t.shape[1], t.shape[3]) for t in (q, k, v)]
+    out = flash_attn_varlen_func(*tokens, cu_seqlens, cu_seqlens, longest, longest,
+                                 softmax_scale=scale, causal=mask.kind == "causal")
+    return out.view(b, s, q.shape[1], q.shape[3]).transpose(1, 2)
 
 
 _IMPLS: dict[str, Callable[..., torch.Tensor]] = {

@@ -76,3 +76,41 @@ def test_flash_attn_backend_is_a_startup_error_when_missing_or_inexpressible():
         attention(q, q, q, AttentionMask("prefix", prefix_len=torch.tensor([2])),
                   backend="flash_attn")
 
+
+
+def _varlen_by_its_contract(calls):
+    """flash_attn_varlen_func as flash-attn documents it: tokens (total, heads, d), each
+    [cu[i], cu[i+1]) a sequence of its own, causal within it. Computed with our reference;
+    the real library runs in tests/kernels on a GPU that has it."""
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False):
+        calls.append((cu_q.tolist(), max_q, causal))
+        assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and max_q == max_k
+        segments = []
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+            seq = [t[a:b].transpose(0, 1)[None] for t in (q, k, v)]  # (1, heads, len, d)
+            out = attention_reference(*seq, AttentionMask("causal" if causal else "full"),
+                                      scale=softmax_scale)
+            segments.append(out[0].transpose(0, 1))
+        return torch.cat(segments)
+
+    return varlen
+
+
+@pytest.mark.parametrize("kind", ["causal", "full"])
+def test_flash_attn_takes_document_masks_as_variable_length_sequences(monkeypatch, kind):
+    import sys
+    import types
+
+    calls: list = []
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_varlen_func = _varlen_by_its_contract(calls)
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 7, 8, generator=g)
+    k, v = torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2], [2, 2, 2, 2, 2, 2, 6]])  # rows split documents
+    mask = AttentionMask(kind, doc_ids=docs)
+    out = attention(q, k, v, mask, backend="flash_attn", scale=0.3)
+    torch.testing.assert_close(out, attention_reference(q, k, v, mask, scale=0.3))
+    assert calls == [([0, 3, 5, 7, 13, 14], 6, kind == "causal")]
