@@ -22,6 +22,7 @@ from triforge.trainer.data import GlobalSampler, WindowLoader, open_dataset
 from triforge.trainer.data.blend import BlendLoader, BlendSource, source_sampler
 from triforge.trainer.data.config import source_name
 from triforge.trainer.data.prefetch import maybe_prefetch
+from triforge.trainer.deepspeed_engine import DeepSpeedEngine, deepspeed_config
 from triforge.trainer.engine import DataParallelEngine, FSDP2Engine
 from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import PeakFlops, flops_per_token
@@ -171,7 +172,8 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
                                 full_init=lambda: materialize(new_model(), "cpu", seed=job.seed))
     if ctx.dims.pp == 1:
         return parts, DirectRunner(parts[0], microbatches=microbatches,
-                                   sync=engine.set_gradient_sync)
+                                   sync=engine.set_gradient_sync,
+                                   backward=getattr(engine, "backward", torch.Tensor.backward))
     runner = PipelineRunner(parts, stage_ids, n_stages, ctx, device,
                             schedule=job.parallel.pp_schedule,
                             microbatches=job.parallel.microbatches or microbatches)
@@ -219,6 +221,23 @@ def split_for_rank(model, job: JobConfig, ctx: ParallelContext):
     return parts, stage_ids, n_stages
 
 
+def build_engine(job: JobConfig, ctx: ParallelContext, precision):
+    """The data-parallel engine ``parallel.engine`` names (trainer/engine.py)."""
+    p = job.parallel
+    if p.engine == "deepspeed":
+        try:
+            config = deepspeed_config(
+                batch_size=job.trainer.batch_size, micro_batch_size=job.trainer.micro_batch_size,
+                dp=ctx.dims.dp, grad_clip=job.trainer.grad_clip, stage=p.zero_stage,
+                offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
+                user_file=p.deepspeed_config)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+        return DeepSpeedEngine(ctx, config)
+    return FSDP2Engine(ctx, reshard_after_forward=p.fsdp_reshard_after_forward,
+                       mp_policy=precision.fsdp_policy())
+
+
 def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device, *, log):
     """Everything ``Trainer.fit`` needs; returns (trainer, tokenizer)."""
     dims = ctx.dims
@@ -230,11 +249,12 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
     precision = build_precision(job, ctx)
-    engine = FSDP2Engine(ctx, reshard_after_forward=job.parallel.fsdp_reshard_after_forward,
-                         mp_policy=precision.fsdp_policy())
+    engine = build_engine(job, ctx, precision)
     parts, runner = build_parallel_model(job, vocab, ctx, device,
                                          job.trainer.microbatches(dims.dp), engine)
     engine.attach(parts, Optimizers(parts, job.optim))
+    if isinstance(runner, DirectRunner):
+        runner.model = engine.forward_module(runner.model)
     apply_init_from_hf(job, parts, vocab, ctx, log=log)
     attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
     non_emb = job.model.num_params(vocab, embedding=False, active=True)  # MFU: active only

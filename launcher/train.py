@@ -6,6 +6,7 @@ environment once and hands every component its own config slice.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import traceback
 from pathlib import Path
@@ -28,6 +29,8 @@ from .dist import init_distributed, leave_distributed
 from .env import ProcessEnv, read_env
 from .signals import EXIT_PREEMPTED, SignalWatch
 
+ENGINES = ("fsdp2", "deepspeed")
+
 
 def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     """Validate the parallel degrees against the world size, the model and the batch, before
@@ -38,6 +41,7 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     p, t = job.parallel, job.trainer
     check_compile(job)
     check_fused_norm(job)
+    check_deepspeed(job)
     try:
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
@@ -74,6 +78,37 @@ def check_fused_norm(job: JobConfig) -> None:
     if impl != "torch" and job.trainer.compile:
         raise ConfigError(f"config: model.norm_impl={impl} is not covered by trainer.compile "
                           "yet; use model.norm_impl=torch with trainer.compile=true")
+
+
+def check_deepspeed(job: JobConfig) -> None:
+    """What ``parallel.engine=deepspeed`` covers so far (trainer/deepspeed_engine.py):
+    ZeRO 1-3 in fp32 over data parallelism, without checkpoints."""
+    p = job.parallel
+    if p.engine not in ENGINES:
+        raise ConfigError(f"config: parallel.engine='{p.engine}' is not one of {ENGINES}")
+    if p.engine != "deepspeed":
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("config: parallel.engine=deepspeed needs the 'deepspeed' package; "
+                          "pip install 'triforge[deepspeed]' or use parallel.engine=fsdp2")
+    if p.zero_stage not in (1, 2, 3):
+        raise ConfigError(f"config: parallel.zero_stage({p.zero_stage}) must be 1, 2 or 3")
+    others = {"tp": p.tp, "pp": p.pp, "cp": p.cp, "ep": p.ep}
+    if any(v != 1 for v in others.values()) or job.model.moe.num_experts:
+        raise ConfigError("config: parallel.engine=deepspeed is data parallelism of a dense "
+                          "model only (tp = pp = cp = ep = 1); use parallel.engine=fsdp2")
+    unsupported = {
+        "precision": job.precision.dtype != "fp32",
+        "checkpoints": job.checkpoint.every > 0 or job.checkpoint.save_at_end,
+        "trainer.nonfinite=skip": job.trainer.nonfinite == "skip",
+        "trainer.compile": job.trainer.compile,
+        "layer dropping": job.layer_drop.enabled,
+    }
+    missing = [name for name, asked in unsupported.items() if asked]
+    if missing:
+        raise ConfigError(f"config: parallel.engine=deepspeed does not support {', '.join(missing)}"
+                          " yet (fp32 only; set checkpoint.every=0 checkpoint.save_at_end=false); "
+                          "use parallel.engine=fsdp2")
 
 
 def check_run_dir(run_dir: str) -> Path:

@@ -57,6 +57,14 @@ class ParallelConfig:
     pp_layers_per_stage: list[int] = field(default_factory=list)  # empty: balanced
     activation_checkpoint: str = "none"  # none | full | selective (every ac_every-th block)
     ac_every: int = 2
+    # The data-parallel engine: fsdp2 (our own, every layout) or deepspeed (ZeRO, data
+    # parallelism only: trainer/deepspeed_engine.py), with its ZeRO stage, CPU offload of
+    # the optimizer state or the parameters, and a JSON merged onto the generated config.
+    engine: str = "fsdp2"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    deepspeed_config: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

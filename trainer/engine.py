@@ -54,6 +54,10 @@ class DataParallelEngine(Protocol):
 
     def zero_grad(self) -> None: ...
 
+    def forward_module(self, part: nn.Module) -> nn.Module:
+        """What a step calls for the forward of ``part`` (the part itself, or a wrapper)."""
+        ...
+
     def tensor_state(self) -> ModelOptimizerState:
         """Model and optimizer state, for the checkpoint (resharded on load)."""
         ...
@@ -101,6 +105,9 @@ class FSDP2Engine:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
+
+    def forward_module(self, part: nn.Module) -> nn.Module:
+        return part
 
     def tensor_state(self) -> ModelOptimizerState:
         return ModelOptimizerState(self.parts, self.optimizer.optimizers)

@@ -17,13 +17,16 @@ from .runner import LossFunction, StepLoss, start_step, step_loss
 class DirectRunner:
     """A ``StepRunner`` for the whole model on this rank: ``microbatches`` accumulation
     passes, gradients reduced over data-parallel ranks in the last one only (``sync``: the
-    engine's ``set_gradient_sync``; None without data parallelism)."""
+    engine's ``set_gradient_sync``; None without data parallelism; ``backward``: the
+    engine's, for an engine that runs the backward itself, as DeepSpeed does)."""
 
     def __init__(self, model: nn.Module, *, microbatches: int = 1,
-                 sync: Callable[[bool], None] | None = None):
+                 sync: Callable[[bool], None] | None = None,
+                 backward: Callable[[torch.Tensor], None] = torch.Tensor.backward):
         self.model = model
         self.microbatches = microbatches
         self.sync = sync
+        self.backward = backward  # the engine's, where it runs the backward itself
 
     def forward_backward(self, objective: LossFunction, batch: Batch, *, ctx: ParallelContext,
                          device: torch.device, loss_scale: float = 1.0) -> StepLoss:
@@ -41,7 +44,7 @@ class DirectRunner:
                 micro = micro.to(device)
                 logits = self.model(micro.inputs, mask=micro.mask, positions=micro.positions)
                 loss_sum = objective.loss(logits, micro.labels)
-                (loss_sum * scale).backward()
+                self.backward(loss_sum * scale)
                 total += to_local_value(loss_sum.detach())
         return step_loss(total, n_targets, ctx)
 

@@ -29,6 +29,13 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
     (["trainer.compile=true", "parallel.tp=2"],
      r"trainer.compile=true does not work with parallel.tp\(2\) > 1 yet"),
     (["trainer.compile=true", "model=moe_tiny"], r"trainer.compile=true covers dense models"),
+    (["parallel.engine=megatron"], r"parallel.engine='megatron' is not one of"),
+    (["parallel.engine=deepspeed", "parallel.zero_stage=4"],
+     r"parallel.zero_stage\(4\) must be 1, 2 or 3"),
+    (["parallel.engine=deepspeed", "parallel.tp=2"],
+     r"parallel.engine=deepspeed is data parallelism of a dense model only"),
+    (["parallel.engine=deepspeed", "precision=bf16"],
+     r"parallel.engine=deepspeed does not support precision, checkpoints yet"),
     (["model.norm_impl=triton", "trainer.compile=true"],
      r"model.norm_impl=triton is not covered by trainer.compile yet"),
 ])

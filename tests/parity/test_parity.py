@@ -76,6 +76,19 @@ def test_the_fused_adamw_trains_like_the_foreach_one(name, baseline, tmp_path, d
     assert_same_run(f"{name}_fused_adamw", records, baseline)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_zero_trains_like_the_single_process(stage, baseline, tmp_path,
+                                                       data_overrides):
+    """parallel.engine=deepspeed: DeepSpeed's ZeRO 1, 2 and 3 over 2 ranks (gloo), fp32,
+    with gradient accumulation (2 micro-batches per rank), against the single process."""
+    pytest.importorskip("deepspeed")
+    records = run_layout(tmp_path / f"zero{stage}", 2,
+                         ["parallel.engine=deepspeed", f"parallel.zero_stage={stage}"],
+                         data_overrides)
+    assert_same_run(f"deepspeed_zero{stage}", records, baseline)
+
+
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
 MLM_DOCS = ["objective=mlm", *DOCS]
 

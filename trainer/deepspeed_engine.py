@@ -1,0 +1,151 @@
+"""DeepSpeed ZeRO as the data-parallel engine (``parallel.engine=deepspeed``).
+
+The trainer's step is unchanged: the runner's backward goes through ``backward`` (DeepSpeed
+reduces gradients in its own hooks and buckets), ``set_gradient_sync`` marks the last
+micro-batch as DeepSpeed's accumulation boundary, ``grad_norm`` reads the reduced
+gradients through DeepSpeed's public ``safe_get_full_grad`` (so the verdict on a
+non-finite step comes before any update, as with FSDP2), and ``step`` lets DeepSpeed clip
+to the same norm and update. The model, our AdamW (its param groups keep the learning rate
+the trainer sets) and a config generated from ours go to ``deepspeed.initialize``.
+
+Our loss is already divided by the global target count (times the data-parallel size,
+since reductions average over ranks, as DeepSpeed's do too), so DeepSpeed must not divide
+it by the accumulation steps again (``scale_wrt_gas=False``).
+
+So far: fp32, tp = pp = cp = 1, no checkpoints (see ``check_deepspeed``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from triforge.errors import CheckpointError
+from triforge.parallel.context import ParallelContext
+
+from .loss_scale import LossScaler
+from .optim import Optimizers
+
+# Keys of a user's DeepSpeed JSON that our config decides; another value there is an error.
+OURS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+        "gradient_clipping", "fp16", "bf16", "zero_optimization.stage")
+
+
+def deepspeed_config(*, batch_size: int, micro_batch_size: int, dp: int, grad_clip: float,
+                     stage: int, offload_optimizer: bool, offload_params: bool,
+                     user_file: str = "") -> dict:
+    """DeepSpeed's config for our job, with ``user_file``'s JSON merged on top."""
+    zero: dict = {"stage": stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    ours = {
+        "train_batch_size": batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": batch_size // (micro_batch_size * dp),
+        "gradient_clipping": grad_clip,
+        "fp16": {"enabled": False}, "bf16": {"enabled": False},
+        "zero_optimization": zero,
+        "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
+    }
+    if not user_file:
+        return ours
+    try:
+        user = json.loads(Path(user_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"parallel.deepspeed_config={user_file}: cannot read it as JSON "
+                         f"({exc}); fix the file or leave the option empty") from None
+    for key in OURS:
+        mine, theirs = _lookup(ours, key), _lookup(user, key)
+        if theirs is not None and theirs != mine:
+            raise ValueError(f"parallel.deepspeed_config={user_file}: '{key}' is {theirs} "
+                             f"there but {mine} from triforge's config; remove it from the "
+                             "file (triforge sets it from trainer/precision/parallel)")
+    return _merge(ours, user)
+
+
+def _lookup(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (_merge(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
+
+
+class DeepSpeedEngine:
+    """ZeRO stage 1, 2 or 3 over every rank (data parallelism only)."""
+
+    def __init__(self, ctx: ParallelContext, config: dict):
+        self.ctx, self.config = ctx, config
+        self.parts: list[nn.Module] = []
+        self.optimizer: Optimizers | None = None
+        self.ds = None
+
+    def wrap(self, part: nn.Module) -> None:
+        """Nothing yet: DeepSpeed wraps the model in ``attach``, with its optimizer."""
+
+    def attach(self, parts: list[nn.Module], optimizer: Optimizers) -> None:
+        import deepspeed  # optional (triforge[deepspeed]), checked at start-up
+
+        (part,) = parts
+        self.parts, self.optimizer = parts, optimizer
+        self.ds, *_ = deepspeed.initialize(model=part, optimizer=optimizer.optimizers[0],
+                                           config=self.config, dist_init_required=False)
+
+    def forward_module(self, part: nn.Module) -> nn.Module:
+        """What the runner calls for the forward: DeepSpeed's engine, whose forward also
+        moves ZeRO-3's micro-step count (called around it, ZeRO-3 overwrote the first
+        micro-batch's gradients with the second's instead of adding them)."""
+        return self.ds
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def set_gradient_sync(self, enabled: bool) -> None:
+        self.ds.set_gradient_accumulation_boundary(enabled)
+
+    def unscale_(self, scaler: LossScaler) -> None:
+        """fp32 only so far: no scale to take out."""
+
+    def grad_norm(self) -> torch.Tensor:
+        from deepspeed.utils import safe_get_full_grad
+
+        squares = [safe_get_full_grad(p).float().pow(2).sum()
+                   for p in self.parts[0].parameters() if p.requires_grad]
+        return torch.stack(squares).sum().sqrt()
+
+    def step(self, *, max_norm: float, grad_norm: torch.Tensor) -> None:
+        """DeepSpeed clips to ``gradient_clipping`` (= trainer.grad_clip) and updates."""
+        self.ds.step()
+
+    def zero_grad(self) -> None:
+        """DeepSpeed clears its gradients in ``step``."""
+
+    def tensor_state(self) -> _NoCheckpoint:
+        return _NoCheckpoint()
+
+
+class _NoCheckpoint:
+    """What a checkpoint of this engine would save: not supported yet. Start-up refuses
+    checkpoint settings with this engine; a save that comes anyway (a preemption signal)
+    stops with this error instead of writing a checkpoint that could not be resumed."""
+
+    def state_dict(self) -> dict:
+        raise CheckpointError("checkpoints through parallel.engine=deepspeed are not "
+                              "supported yet; train with parallel.engine=fsdp2 to save them")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state_dict()
