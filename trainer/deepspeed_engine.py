@@ -121,11 +121,19 @@ class DeepSpeedEngine:
         """fp32 only so far: no scale to take out."""
 
     def grad_norm(self) -> torch.Tensor:
-        from deepspeed.utils import safe_get_full_grad
+        """The global norm of the reduced gradients, before the step. ZeRO-3: each rank's
+        own partitions (DeepSpeed's ``safe_get_local_grad``), squared sums added over the
+        ranks. ZeRO-1/2: DeepSpeed's public API only assembles whole gradients
+        (``safe_get_full_grad``, an all-reduce per parameter, so about one more gradient
+        all-reduce per step); a partition-local norm for them is still to do."""
+        from deepspeed.utils import safe_get_full_grad, safe_get_local_grad
 
-        squares = [safe_get_full_grad(p).float().pow(2).sum()
-                   for p in self.parts[0].parameters() if p.requires_grad]
-        return torch.stack(squares).sum().sqrt()
+        params = [p for p in self.parts[0].parameters() if p.requires_grad]
+        if self.config["zero_optimization"]["stage"] == 3:
+            local = torch.stack([safe_get_local_grad(p).float().pow(2).sum() for p in params])
+            return self.ctx.all_reduce_loss(local.sum()).sqrt()
+        return torch.stack([safe_get_full_grad(p).float().pow(2).sum() for p in params]
+                           ).sum().sqrt()
 
     def step(self, *, max_norm: float, grad_norm: torch.Tensor) -> None:
         """DeepSpeed clips to ``gradient_clipping`` (= trainer.grad_clip) and updates."""
