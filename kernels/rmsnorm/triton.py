@@ -81,6 +81,7 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, N) contiguous, weight (N,): (y (M, N) in x's and w's promoted dtype, rstd (M,))."""
     m, n = x.shape
+    assert x.is_contiguous() and weight.shape == (n,) and weight.is_contiguous()
     y = torch.empty((m, n), dtype=torch.result_type(x, weight), device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     block_m, block_n, warps = _blocks(n)
@@ -93,6 +94,8 @@ def rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx in x's dtype, dw in the weight's dtype) for dy, x (M, N) contiguous."""
     m, n = x.shape
+    assert x.is_contiguous() and dy.is_contiguous() and dy.shape == x.shape
+    assert weight.shape == (n,) and weight.is_contiguous() and rstd.shape == (m,)
     block_m, block_n, warps = _blocks(n)
     programs = max(1, min(triton.cdiv(m, block_m), _backward_programs(x.device)))
     dx = torch.empty_like(x)
