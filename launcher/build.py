@@ -314,5 +314,7 @@ def build_job_objective(job: JobConfig, tokenizer):
 
 
 def build_precision(job: JobConfig, ctx: ParallelContext) -> PrecisionPolicy:
-    """FSDP2 casts when it wraps the model (``ParallelDims.fsdp_enabled``), else autocast."""
-    return PrecisionPolicy(job.precision, fsdp_enabled=ctx.dims.fsdp_enabled)
+    """FSDP2 casts when it wraps the model (``ParallelDims.fsdp_enabled``), else autocast;
+    under DeepSpeed too (fp32 weights in its ZeRO buffers, bf16 compute)."""
+    fsdp = ctx.dims.fsdp_enabled and job.parallel.engine == "fsdp2"
+    return PrecisionPolicy(job.precision, fsdp_enabled=fsdp)

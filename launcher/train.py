@@ -82,7 +82,8 @@ def check_fused_norm(job: JobConfig) -> None:
 
 def check_deepspeed(job: JobConfig) -> None:
     """What ``parallel.engine=deepspeed`` covers so far (trainer/deepspeed_engine.py):
-    ZeRO 1-3 in fp32 over data parallelism, without checkpoints."""
+    ZeRO 1-3 over data parallelism, fp32 or bf16 (autocast over fp32 weights), without
+    checkpoints."""
     p = job.parallel
     if p.engine not in ENGINES:
         raise ConfigError(f"config: parallel.engine='{p.engine}' is not one of {ENGINES}")
@@ -98,7 +99,7 @@ def check_deepspeed(job: JobConfig) -> None:
         raise ConfigError("config: parallel.engine=deepspeed is data parallelism of a dense "
                           "model only (tp = pp = cp = ep = 1); use parallel.engine=fsdp2")
     unsupported = {
-        "precision": job.precision.dtype != "fp32",
+        "precision=fp16": job.precision.dtype == "fp16",
         "checkpoints": job.checkpoint.every > 0 or job.checkpoint.save_at_end,
         "trainer.nonfinite=skip": job.trainer.nonfinite == "skip",
         "trainer.compile": job.trainer.compile,
@@ -107,7 +108,7 @@ def check_deepspeed(job: JobConfig) -> None:
     missing = [name for name, asked in unsupported.items() if asked]
     if missing:
         raise ConfigError(f"config: parallel.engine=deepspeed does not support {', '.join(missing)}"
-                          " yet (fp32 only; set checkpoint.every=0 checkpoint.save_at_end=false); "
+                          " yet (set checkpoint.every=0 checkpoint.save_at_end=false); "
                           "use parallel.engine=fsdp2")
 
 

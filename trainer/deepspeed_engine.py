@@ -12,7 +12,8 @@ Our loss is already divided by the global target count (times the data-parallel 
 since reductions average over ranks, as DeepSpeed's do too), so DeepSpeed must not divide
 it by the accumulation steps again (``scale_wrt_gas=False``).
 
-So far: fp32, tp = pp = cp = 1, no checkpoints (see ``check_deepspeed``).
+So far: fp32, or bf16 as autocast over DeepSpeed's fp32 weights (launcher/build.py's
+``build_precision``); tp = pp = cp = 1; no checkpoints (see ``check_deepspeed``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class DeepSpeedEngine:
         self.ds.set_gradient_accumulation_boundary(enabled)
 
     def unscale_(self, scaler: LossScaler) -> None:
-        """fp32 only so far: no scale to take out."""
+        """fp32 and bf16 only so far: no loss scale to take out."""
 
     def grad_norm(self) -> torch.Tensor:
         """The global norm of the reduced gradients, before the step. ZeRO-3: each rank's

@@ -19,6 +19,7 @@ from tests.helpers.runs import (
     max_rel_diff,
     run_layout,
 )
+from tests.helpers.state import UNIT_ROUNDOFF
 from triforge.trainer.layer_drop import LayerDropConfig, decisions
 
 
@@ -87,6 +88,21 @@ def test_deepspeed_zero_trains_like_the_single_process(stage, baseline, tmp_path
                          ["parallel.engine=deepspeed", f"parallel.zero_stage={stage}"],
                          data_overrides)
     assert_same_run(f"deepspeed_zero{stage}", records, baseline)
+
+
+@pytest.mark.distributed
+def test_deepspeed_bf16_trains_like_the_single_process_bf16(tmp_path, data_overrides):
+    """precision=bf16 under DeepSpeed is autocast over fp32 weights, as in one process: the
+    same bf16 products; only the fp32 gradient sums run in another order, so losses stay
+    within bf16's unit roundoff of the single process, gradient norms too."""
+    pytest.importorskip("deepspeed")
+    single = run_layout(tmp_path / "single", 1, ["precision=bf16"], data_overrides)
+    zero2 = run_layout(tmp_path / "zero2", 2, ["parallel.engine=deepspeed", "precision=bf16"],
+                       data_overrides)
+    for key in ("loss", "grad_norm"):
+        gap = max_rel_diff([r[key] for r in zero2], [r[key] for r in single])
+        print(f"deepspeed bf16 {key} max relative difference {gap:.2e}")
+        assert gap < UNIT_ROUNDOFF["bf16"], (key, gap)
 
 
 DOCS = ["data.document_masking=true", "data.reset_positions=true"]
