@@ -82,8 +82,7 @@ def check_fused_norm(job: JobConfig) -> None:
 
 def check_deepspeed(job: JobConfig) -> None:
     """What ``parallel.engine=deepspeed`` covers so far (trainer/deepspeed_engine.py):
-    ZeRO 1-3 over data parallelism, fp32 or bf16 (autocast over fp32 weights), without
-    checkpoints."""
+    ZeRO 1-3 over data parallelism, fp32 or bf16 (autocast over fp32 weights)."""
     p = job.parallel
     if p.engine not in ENGINES:
         raise ConfigError(f"config: parallel.engine='{p.engine}' is not one of {ENGINES}")
@@ -100,7 +99,8 @@ def check_deepspeed(job: JobConfig) -> None:
                           "model only (tp = pp = cp = ep = 1); use parallel.engine=fsdp2")
     unsupported = {
         "precision=fp16": job.precision.dtype == "fp16",
-        "checkpoints": job.checkpoint.every > 0 or job.checkpoint.save_at_end,
+        "checkpoint.init_from / init_from_hf": bool(job.checkpoint.init_from
+                                                    or job.checkpoint.init_from_hf),
         "trainer.nonfinite=skip": job.trainer.nonfinite == "skip",
         "trainer.compile": job.trainer.compile,
         "layer dropping": job.layer_drop.enabled,
@@ -108,7 +108,7 @@ def check_deepspeed(job: JobConfig) -> None:
     missing = [name for name, asked in unsupported.items() if asked]
     if missing:
         raise ConfigError(f"config: parallel.engine=deepspeed does not support {', '.join(missing)}"
-                          " yet (set checkpoint.every=0 checkpoint.save_at_end=false); "
+                          " yet; "
                           "use parallel.engine=fsdp2")
 
 

@@ -13,7 +13,8 @@ since reductions average over ranks, as DeepSpeed's do too), so DeepSpeed must n
 it by the accumulation steps again (``scale_wrt_gas=False``).
 
 So far: fp32, or bf16 as autocast over DeepSpeed's fp32 weights (launcher/build.py's
-``build_precision``); tp = pp = cp = 1; no checkpoints (see ``check_deepspeed``).
+``build_precision``); tp = pp = cp = 1 (see ``check_deepspeed``). Checkpoints are
+triforge's own (trainer/deepspeed_state.py), so they resume under either engine.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from triforge.errors import CheckpointError
 from triforge.parallel.context import ParallelContext
 
+from .deepspeed_state import DeepSpeedState
 from .loss_scale import LossScaler
 from .optim import Optimizers
 
@@ -52,6 +53,10 @@ def deepspeed_config(*, batch_size: int, micro_batch_size: int, dp: int, grad_cl
         "fp16": {"enabled": False}, "bf16": {"enabled": False},
         "zero_optimization": zero,
         "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
+        # Offloaded or not, the optimizer is our AdamW (optim.impl), not DeepSpeedCPUAdam
+        # (a compiled extension); DeepSpeed refuses a client optimizer with offload
+        # unless told.
+        "zero_force_ds_cpu_optimizer": False,
     }
     if not user_file:
         return ours
@@ -143,18 +148,7 @@ class DeepSpeedEngine:
     def zero_grad(self) -> None:
         """DeepSpeed clears its gradients in ``step``."""
 
-    def tensor_state(self) -> _NoCheckpoint:
-        return _NoCheckpoint()
-
-
-class _NoCheckpoint:
-    """What a checkpoint of this engine would save: not supported yet. Start-up refuses
-    checkpoint settings with this engine; a save that comes anyway (a preemption signal)
-    stops with this error instead of writing a checkpoint that could not be resumed."""
-
-    def state_dict(self) -> dict:
-        raise CheckpointError("checkpoints through parallel.engine=deepspeed are not "
-                              "supported yet; train with parallel.engine=fsdp2 to save them")
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state_dict()
+    def tensor_state(self) -> DeepSpeedState:
+        """Checkpoints in triforge's own format (trainer/deepspeed_state.py)."""
+        return DeepSpeedState(self.ds, self.parts[0], self.optimizer.optimizers[0],
+                              self.config["zero_optimization"]["stage"])

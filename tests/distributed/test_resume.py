@@ -17,6 +17,9 @@ LAYOUTS = {
     "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
                     "parallel.pp_virtual_stages=2"]),
+    # DeepSpeed's partitions written as whole tensors in our format, and written back
+    "deepspeed_zero2": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=2"]),
+    "deepspeed_zero3": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=3"]),
 }
 
 

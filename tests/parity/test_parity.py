@@ -77,17 +77,23 @@ def test_the_fused_adamw_trains_like_the_foreach_one(name, baseline, tmp_path, d
     assert_same_run(f"{name}_fused_adamw", records, baseline)
 
 
+ZERO = {"zero1": ["parallel.zero_stage=1"], "zero2": ["parallel.zero_stage=2"],
+        "zero3": ["parallel.zero_stage=3"],
+        "zero3_offload": ["parallel.zero_stage=3", "parallel.offload_optimizer=true",
+                          "parallel.offload_params=true"]}
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_deepspeed_zero_trains_like_the_single_process(stage, baseline, tmp_path,
+@pytest.mark.parametrize("name", list(ZERO))
+def test_deepspeed_zero_trains_like_the_single_process(name, baseline, tmp_path,
                                                        data_overrides):
-    """parallel.engine=deepspeed: DeepSpeed's ZeRO 1, 2 and 3 over 2 ranks (gloo), fp32,
-    with gradient accumulation (2 micro-batches per rank), against the single process."""
+    """parallel.engine=deepspeed: DeepSpeed's ZeRO 1, 2 and 3 (and 3 with the optimizer
+    state and parameters offloaded to CPU memory) over 2 ranks (gloo), fp32, with gradient
+    accumulation (2 micro-batches per rank), against the single process."""
     pytest.importorskip("deepspeed")
-    records = run_layout(tmp_path / f"zero{stage}", 2,
-                         ["parallel.engine=deepspeed", f"parallel.zero_stage={stage}"],
+    records = run_layout(tmp_path / name, 2, ["parallel.engine=deepspeed", *ZERO[name]],
                          data_overrides)
-    assert_same_run(f"deepspeed_zero{stage}", records, baseline)
+    assert_same_run(f"deepspeed_{name}", records, baseline)
 
 
 @pytest.mark.distributed
