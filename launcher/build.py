@@ -173,7 +173,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     if ctx.dims.pp == 1:
         return parts, DirectRunner(parts[0], microbatches=microbatches,
                                    sync=engine.set_gradient_sync,
-                                   backward=getattr(engine, "backward", torch.Tensor.backward))
+                                   backward=engine.backward)
     runner = PipelineRunner(parts, stage_ids, n_stages, ctx, device,
                             schedule=job.parallel.pp_schedule,
                             microbatches=job.parallel.microbatches or microbatches)

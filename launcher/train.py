@@ -107,9 +107,8 @@ def check_deepspeed(job: JobConfig) -> None:
     }
     missing = [name for name, asked in unsupported.items() if asked]
     if missing:
-        raise ConfigError(f"config: parallel.engine=deepspeed does not support {', '.join(missing)}"
-                          " yet; "
-                          "use parallel.engine=fsdp2")
+        raise ConfigError("config: parallel.engine=deepspeed does not support "
+                          f"{', '.join(missing)} yet; use parallel.engine=fsdp2")
 
 
 def check_run_dir(run_dir: str) -> Path:

@@ -3,7 +3,7 @@
 The trainer's step is unchanged: the runner's backward goes through ``backward`` (DeepSpeed
 reduces gradients in its own hooks and buckets), ``set_gradient_sync`` marks the last
 micro-batch as DeepSpeed's accumulation boundary, ``grad_norm`` reads the reduced
-gradients through DeepSpeed's public ``safe_get_full_grad`` (so the verdict on a
+gradients through DeepSpeed's public ``safe_get_*_grad`` API (so the verdict on a
 non-finite step comes before any update, as with FSDP2), and ``step`` lets DeepSpeed clip
 to the same norm and update. The model, our AdamW (its param groups keep the learning rate
 the trainer sets) and a config generated from ours go to ``deepspeed.initialize``.

@@ -35,19 +35,17 @@ class DeepSpeedState:
     def __init__(self, ds_engine, part: nn.Module, optimizer: torch.optim.Optimizer,
                  stage: int):
         self.ds, self.part, self.optimizer, self.stage = ds_engine, part, optimizer, stage
-
-    def _params(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.part.named_parameters() if p.requires_grad]
+        self.params = [(n, p) for n, p in part.named_parameters() if p.requires_grad]
 
     def state_dict(self) -> dict:
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
         self._ensure_optimizer_state()
-        full = {id(p): safe_get_full_fp32_param(p).detach().clone() for _, p in self._params()}
+        full = {id(p): safe_get_full_fp32_param(p).detach().clone() for _, p in self.params}
         model = {name: full[id(p)]
                  for name, p in self.part.named_parameters(remove_duplicate=False)}
         step, optim = self._step(), {}
-        for (name, p), group in zip(self._params(), self._groups(), strict=True):
+        for (name, p), group in zip(self.params, self._groups(), strict=True):
             for key in MOMENTS:
                 optim[f"state.{name}.{key}"] = safe_get_full_optimizer_state(p, key).clone()
             optim[f"state.{name}.step"] = step.clone()
@@ -60,13 +58,13 @@ class DeepSpeedState:
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
         self._ensure_optimizer_state()
-        for name, p in self._params():
+        for name, p in self.params:
             value = state["model"][name]
             self._set_weight(p, value)
             safe_set_full_fp32_param(p, value.float())
             for key in MOMENTS:
                 safe_set_full_optimizer_state(p, state["optim"][f"state.{name}.{key}"], key)
-        (step,) = {float(state["optim"][f"state.{n}.step"]) for n, _ in self._params()}
+        (step,) = {float(state["optim"][f"state.{n}.step"]) for n, _ in self.params}
         for entry in self.optimizer.state.values():
             entry["step"] = torch.tensor(step, dtype=torch.float32)
 
@@ -110,10 +108,10 @@ class DeepSpeedState:
         return torch.tensor(step, dtype=torch.float32)
 
     def _groups(self) -> list[dict]:
-        """Each parameter's AdamW group, in ``_params`` order (build_optimizer's rule:
+        """Each parameter's AdamW group, in ``params`` order (build_optimizer's rule:
         matrices decay, vectors do not)."""
         groups = self.optimizer.param_groups  # ZeRO-3 may split a group into sub-groups
         decay, no_decay = groups[0], groups[-1]
         # Under ZeRO-3 a parameter's own tensor is an empty placeholder: ds_shape is its shape.
         return [decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay
-                for _, p in self._params()]
+                for _, p in self.params]

@@ -58,6 +58,10 @@ class DataParallelEngine(Protocol):
         """What a step calls for the forward of ``part`` (the part itself, or a wrapper)."""
         ...
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """The backward of one micro-batch's loss (an engine may run it itself)."""
+        ...
+
     def tensor_state(self) -> ModelOptimizerState:
         """Model and optimizer state, for the checkpoint (resharded on load)."""
         ...
@@ -108,6 +112,9 @@ class FSDP2Engine:
 
     def forward_module(self, part: nn.Module) -> nn.Module:
         return part
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
 
     def tensor_state(self) -> ModelOptimizerState:
         return ModelOptimizerState(self.parts, self.optimizer.optimizers)

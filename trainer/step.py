@@ -18,7 +18,7 @@ class DirectRunner:
     """A ``StepRunner`` for the whole model on this rank: ``microbatches`` accumulation
     passes, gradients reduced over data-parallel ranks in the last one only (``sync``: the
     engine's ``set_gradient_sync``; None without data parallelism; ``backward``: the
-    engine's, for an engine that runs the backward itself, as DeepSpeed does)."""
+    engine's, as DeepSpeed runs the backward itself)."""
 
     def __init__(self, model: nn.Module, *, microbatches: int = 1,
                  sync: Callable[[bool], None] | None = None,
@@ -26,7 +26,7 @@ class DirectRunner:
         self.model = model
         self.microbatches = microbatches
         self.sync = sync
-        self.backward = backward  # the engine's, where it runs the backward itself
+        self.backward = backward
 
     def forward_backward(self, objective: LossFunction, batch: Batch, *, ctx: ParallelContext,
                          device: torch.device, loss_scale: float = 1.0) -> StepLoss:
