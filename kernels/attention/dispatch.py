@@ -38,6 +38,9 @@ def _triton(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tenso
 
 
 def _flash_attn(q, k, v, mask: AttentionMask, *, scale: float | None) -> torch.Tensor:
+    if mask.is_offset:
+        raise ValueError("attention.backend=flash_attn cannot place queries and keys at given "
+                         "positions (a block of a longer sequence); use triton or sdpa")
     if mask.kind == "prefix":
         raise ValueError(
             f"attention.backend=flash_attn cannot express a 'prefix' mask"

@@ -41,8 +41,8 @@ def flash_attention(
 ) -> torch.Tensor:
     """Fused attention of q over (k, v) under ``mask``; same contract as attention_reference.
 
-    q (b, h_q, s, d), k/v (b, h_kv, s, d) with h_kv dividing h_q, equal sequence lengths;
-    fp32/bf16/fp16. Returns (b, h_q, s, d) in q's dtype; gradients come back in the input dtypes.
+    q (b, h_q, s_q, d), k/v (b, h_kv, s_k, d) with h_kv dividing h_q; fp32/bf16/fp16.
+    Returns (b, h_q, s_q, d) in q's dtype; gradients come back in the input dtypes.
     ``scale`` defaults to 1/sqrt(d).
     """
     scale = 1.0 / math.sqrt(q_bhsd.shape[-1]) if scale is None else float(scale)

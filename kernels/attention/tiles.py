@@ -23,24 +23,29 @@ def _tile_doc_range(doc_ids: torch.Tensor, block: int) -> tuple[torch.Tensor, to
     return padded.amin(-1), padded.amax(-1)
 
 
-def _tile_classes(mask: AttentionMask, seq: int, block_q: int, block_k: int, device):
+def _tile_classes(mask: AttentionMask, seq_q: int, seq_k: int, block_q: int, block_k: int,
+                  device):
     """(any, all) booleans of shape (b or 1, n_q_tiles, n_k_tiles): tile may hold an allowed
-    pair / every pair of the tile is allowed and in bounds (no elementwise mask needed)."""
-    q0 = torch.arange(_cdiv(seq, block_q), device=device)[:, None] * block_q
-    k0 = torch.arange(_cdiv(seq, block_k), device=device)[None, :] * block_k
-    q_last, k_last = (q0 + block_q).clamp(max=seq) - 1, (k0 + block_k).clamp(max=seq) - 1
+    pair / every pair of the tile is allowed and in bounds (no elementwise mask needed).
+    Tiles are local (row 0 = the first query), the mask is judged at the mask's positions."""
+    q_start, k_start = mask.starts(seq_q, seq_k)
+    q0 = torch.arange(_cdiv(seq_q, block_q), device=device)[:, None] * block_q
+    k0 = torch.arange(_cdiv(seq_k, block_k), device=device)[None, :] * block_k
+    q_last, k_last = (q0 + block_q).clamp(max=seq_q) - 1, (k0 + block_k).clamp(max=seq_k) - 1
     any_ = torch.ones_like(q0 + k0, dtype=torch.bool)[None]
-    all_ = ((q0 + block_q <= seq) & (k0 + block_k <= seq))[None]
+    all_ = ((q0 + block_q <= seq_q) & (k0 + block_k <= seq_k))[None]
+    # Positions of each tile's first and last row.
+    gq0, gq_last, gk0, gk_last = q0 + q_start, q_last + q_start, k0 + k_start, k_last + k_start
     if mask.kind == "causal":
-        any_, all_ = any_ & (k0 <= q_last), all_ & (k_last <= q0)
+        any_, all_ = any_ & (gk0 <= gq_last), all_ & (gk_last <= gq0)
     elif mask.kind == "prefix":
         prefix = mask.prefix_len.to(device).view(-1, 1, 1)
-        any_ = any_ & ((k0 <= q_last) | (k0 < prefix))
-        all_ = all_ & ((k_last <= q0) | (k_last < prefix))
+        any_ = any_ & ((gk0 <= gq_last) | (gk0 < prefix))
+        all_ = all_ & ((gk_last <= gq0) | (gk_last < prefix))
     if mask.doc_ids is not None:
         docs = mask.doc_ids.to(device)
-        q_min, q_max = _tile_doc_range(docs, block_q)
-        k_min, k_max = _tile_doc_range(docs, block_k)
+        q_min, q_max = _tile_doc_range(docs[:, q_start:q_start + seq_q], block_q)
+        k_min, k_max = _tile_doc_range(docs[:, k_start:k_start + seq_k], block_k)
         overlap = (k_min[:, None, :] <= q_max[:, :, None]) & (
             k_max[:, None, :] >= q_min[:, :, None]
         )
@@ -51,14 +56,15 @@ def _tile_classes(mask: AttentionMask, seq: int, block_q: int, block_k: int, dev
 
 
 def tile_loop_bounds(
-    mask: AttentionMask, seq: int, block_q: int, block_k: int, *, outer: str, device
+    mask: AttentionMask, seq_q: int, seq_k: int, block_q: int, block_k: int, *, outer: str,
+    device,
 ) -> torch.Tensor:
     """int32 (b or 1, n_outer_tiles, 4): [lo, ulo, uhi, hi) offsets along the inner axis.
 
     outer="query": per query tile, key offsets (forward, dQ); outer="key": per key tile, query
     offsets (dK/dV). Tiles outside [lo, hi) are skipped; [ulo, uhi) needs no elementwise mask.
     """
-    any_, all_ = _tile_classes(mask, seq, block_q, block_k, device)
+    any_, all_ = _tile_classes(mask, seq_q, seq_k, block_q, block_k, device)
     inner_block = block_k
     if outer == "key":
         any_, all_, inner_block = any_.transpose(1, 2), all_.transpose(1, 2), block_q

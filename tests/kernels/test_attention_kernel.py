@@ -187,7 +187,7 @@ def test_tile_bounds_skip_exactly_the_empty_tiles(kind, docs, seq, bq, bk):
     mask = make_mask(kind, docs, 3, seq, torch.Generator().manual_seed(seq))
     any_, all_ = _tile_any_all(mask, seq, bq, bk)
     for outer, inner_block in (("query", bk), ("key", bq)):
-        bounds = tile_loop_bounds(mask, seq, bq, bk, outer=outer, device="cpu") // inner_block
+        bounds = tile_loop_bounds(mask, seq, seq, bq, bk, outer=outer, device="cpu") // inner_block
         exact_any, exact_all = (any_, all_) if outer == "query" else (any_.mT, all_.mT)
         bounds = bounds.expand(exact_any.shape[0], -1, -1)
         idx = torch.arange(exact_any.shape[-1])
@@ -227,8 +227,10 @@ def test_kernels_do_not_read_skipped_tiles():
     torch.testing.assert_close(dv[:, :, 32:], ref[3][:, :, 32:])
 
 
-def test_rejects_unequal_sequence_lengths():
-    q = torch.randn(1, 2, 8, 16)
-    k = torch.randn(1, 2, 12, 16)
-    with pytest.raises(AssertionError, match="s_q == s_k"):
-        flash_attention(q, k, k, AttentionMask("causal"))
+def test_rejects_document_ids_short_of_the_positions():
+    """Queries and keys may have other lengths and positions (tests/kernels/
+    test_attention_blocks.py), but document ids must cover every position they sit at."""
+    q, k = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 12, 16)
+    mask = AttentionMask("causal", doc_ids=torch.zeros(1, 12, dtype=torch.long), q_start=8)
+    with pytest.raises(AssertionError, match=r"doc_ids must cover positions 0\.\.15"):
+        flash_attention(q, k, k, mask)
