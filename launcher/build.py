@@ -157,7 +157,7 @@ def build_parallel_model(job: JobConfig, vocab: int, ctx: ParallelContext, devic
     p = job.parallel
     opts = ParallelOptions(sequence_parallel=p.sequence_parallel,
                            activation_checkpoint=p.activation_checkpoint, ac_every=p.ac_every,
-                           compile=job.trainer.compile)
+                           compile=job.trainer.compile, cp_comm=p.cp_comm)
     if ctx.meshes is None:
         model = new_model()
         parallelize(model, ctx.dims, None, opts, wrap_data_parallel=engine.wrap)

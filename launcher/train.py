@@ -18,6 +18,7 @@ import yaml
 from triforge.errors import ConfigError, TriforgeError
 from triforge.parallel import ParallelDims
 from triforge.parallel.context import ParallelContext
+from triforge.parallel.context_parallel import check_context_parallel
 from triforge.parallel.mesh import build_meshes
 from triforge.trainer.generate import sample_text
 from triforge.trainer.plot import plot_runs
@@ -43,6 +44,9 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     check_fused_norm(job)
     check_deepspeed(job)
     try:
+        check_context_parallel(cp=p.cp, comm=p.cp_comm, seq_len=t.seq_len,
+                               backend=job.attention.backend, compile=t.compile,
+                               num_experts=job.model.moe.num_experts)
         dims = ParallelDims.from_config(p, env.world_size)
         dims.validate_model(n_heads=job.model.n_heads, n_kv_heads=job.model.kv_heads,
                             n_layers=job.model.n_layers, num_experts=job.model.moe.num_experts)

@@ -42,6 +42,19 @@ class ParallelContext:
         return self.meshes.dp.get_local_rank() if self.dims.dp > 1 else 0
 
     @property
+    def cp_rank(self) -> int:
+        """This rank's place in its context-parallel group: which chunks of each sequence
+        it holds (parallel/context_parallel.py)."""
+        return self.meshes.cp.get_local_rank() if self.dims.cp > 1 else 0
+
+    def context_shard(self, batch):
+        """This rank's tokens of a batch of whole sequences (the batch itself without
+        context parallelism)."""
+        from .context_parallel import shard_batch
+
+        return shard_batch(batch, self.dims.cp, self.cp_rank)
+
+    @property
     def pp_rank(self) -> int:
         return self.meshes.pp.get_local_rank() if self.dims.pp > 1 else 0
 

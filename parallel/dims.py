@@ -45,6 +45,7 @@ class ParallelConfig:
     dp_replicate: int = 1
     dp_shard: int = -1
     cp: int = 1  # context parallelism: each rank holds 1/cp of every sequence
+    cp_comm: str = "p2p"  # how ring attention moves keys/values: p2p | allgather
     tp: int = 1
     pp: int = 1
     ep: int = 1  # expert parallelism (mixture-of-experts models), borrowed from dp_shard x cp x tp
@@ -177,9 +178,6 @@ class ParallelDims:
             raise ValueError(f"tp({self.tp}) with mixture-of-experts layers splits the experts "
                              "over the tp ranks by expert parallelism: set parallel.ep to a "
                              f"multiple of tp, e.g. parallel.ep={self.tp}")
-        if self.cp > 1:
-            raise ValueError(f"parallel.cp({self.cp}): context parallelism is not available "
-                             "yet; use 1")
 
     def validate_pipeline(self, cfg: ParallelConfig, *, n_layers: int, microbatches: int) -> None:
         """Schedule, stage count and microbatches of a pipeline (pp > 1)."""

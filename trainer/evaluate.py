@@ -53,7 +53,7 @@ class Evaluator:
             indices = self.indices[name]
             for start in range(0, len(indices), self.batch_size):
                 windows = loader.batch(indices[start : start + self.batch_size])
-                batch = self.objective.make_batch(windows).to(device)
+                batch = ctx.context_shard(self.objective.make_batch(windows)).to(device)
                 sums[row, 0] += runner.loss_sum(self.objective, batch, ctx).double()
                 sums[row, 1] += batch.num_targets
         for part in parts:

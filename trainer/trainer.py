@@ -151,7 +151,7 @@ class Trainer:
         windows = self.loader.next_batch(self.cfg.batch_size, dp_rank=self.ctx.dp_rank,
                                          dp_size=self.ctx.dims.dp)
         self.throughput.add_wait(time.perf_counter() - waited)
-        batch = self.objective.make_batch(windows)
+        batch = self.ctx.context_shard(self.objective.make_batch(windows))
         self.hooks.run("step_start", step)
         with self.precision.autocast(self.device):
             loss, local_loss = self.runner.forward_backward(

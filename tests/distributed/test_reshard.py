@@ -13,7 +13,8 @@ already differs by 2e-2 relative, three orders of magnitude above the tolerance.
 CI runs a cycle that has every layout once as a source and once as a destination, data
 parallelism growing, shrinking and changing kind (replicate, shard) along the way:
 1 -> dp2_tp2 -> pp2 -> fsdp2 -> tp2 -> dp2 -> 1, plus dp2_tp2 -> fsdp4, and across engines
-fsdp2 -> DeepSpeed ZeRO-3 -> ZeRO-2 -> 1. With
+fsdp2 -> DeepSpeed ZeRO-3 -> ZeRO-2 -> 1, and into and out of context parallelism, 1 <-> cp2.
+With
 ``TRIFORGE_RESHARD_ALL=1`` in the environment it runs all 30 ordered pairs of the six layouts
 (6 saves and 30 resumes, ~12 minutes on two cores) instead.
 """
@@ -40,12 +41,14 @@ LAYOUTS = {
     "fsdp4": (4, ["parallel.dp_shard=4"]),
     "zero2": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=2"]),
     "zero3": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=3"]),
+    "cp2": (2, ["parallel.cp=2"]),  # FSDP over the cp ranks, each holding half of a sequence
 }
 SIX = ["1", "dp2", "fsdp2", "tp2", "pp2", "dp2_tp2"]
 RING = ["1", "dp2_tp2", "pp2", "fsdp2", "tp2", "dp2"]
 # DeepSpeed checkpoints are in our format: FSDP2 -> ZeRO-3 -> ZeRO-2 -> one process
 ENGINES = [("fsdp2", "zero3"), ("zero3", "zero2"), ("zero2", "1")]
-CYCLE = [*zip(RING, RING[1:] + RING[:1], strict=True), ("dp2_tp2", "fsdp4"), *ENGINES]
+CYCLE = [*zip(RING, RING[1:] + RING[:1], strict=True), ("dp2_tp2", "fsdp4"), *ENGINES,
+         ("1", "cp2"), ("cp2", "1")]
 PAIRS = list(permutations(SIX, 2)) if os.environ.get("TRIFORGE_RESHARD_ALL") == "1" else CYCLE
 NO_SAVES = [a for a in COMMON if not a.startswith("checkpoint.")]
 

@@ -40,6 +40,12 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
      r"does not support checkpoint.init_from / init_from_hf, trainer.nonfinite=skip yet"),
     (["model.norm_impl=triton", "trainer.compile=true"],
      r"model.norm_impl=triton is not covered by trainer.compile yet"),
+    (["parallel.cp=2", "trainer.seq_len=34"],
+     r"parallel.cp\(2\) cuts each sequence into 2 \* cp = 4 equal chunks: "
+     r"trainer.seq_len\(34\) must be divisible by 4"),
+    (["parallel.cp=2", "trainer.compile=true"], r"parallel.cp\(2\) is not covered by trainer.compile"),
+    (["parallel.cp=2", "model=moe_tiny"], r"mixture-of-experts layers need parallel.cp=1"),
+    (["parallel.cp_comm=ring"], r"parallel.cp_comm='ring' is not one of \('p2p', 'allgather'\)"),
 ])
 def test_job_values_that_cannot_run_are_config_errors(tmp_path, data_overrides, overrides,
                                                       pattern):

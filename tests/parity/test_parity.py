@@ -379,3 +379,35 @@ def test_moe_global_balance_matches_single_process(layout, moe_single, tmp_path,
                            data_overrides, MOE)
         got, want = local[0]["moe_0_balance_loss"], reference[0]["moe_0_balance_loss"]
         assert abs(got - want) > 10 * RTOL * want, (got, want)  # measured: 2.3e-4 relative
+
+
+# Context parallelism: each of 2 cp ranks holds 2 of every sequence's 4 chunks and attention
+# runs as a ring. The causal LM over document masks (default positions: the ring's ranks must
+# use their chunks' global ones) and UL2 (prefix and document masks, positions per
+# document), on every layout; the all-gather transport with MLM (bidirectional, documents);
+# span corruption (prefix masks over rearranged rows).
+CLM_DOCS = ["data.document_masking=true"]
+UL2_DOCS = ["objective=ul2", *DOCS]
+CP_LAYOUTS = {"cp2": (2, ["parallel.cp=2"]),
+              "cp2_fsdp2": (4, ["parallel.cp=2", "parallel.dp_shard=2"]),
+              "cp2_tp2": (4, ["parallel.cp=2", "parallel.tp=2"]),
+              "cp2_pp2": (4, ["parallel.cp=2", "parallel.pp=2"])}
+CP_CASES = {f"{layout}_{name}": (layout, objective)
+            for layout in CP_LAYOUTS for name, objective in (("clm_docs", CLM_DOCS),
+                                                              ("ul2_docs", UL2_DOCS))}
+CP_CASES["cp2_allgather_mlm_docs"] = ("cp2", ["parallel.cp_comm=allgather", *MLM_DOCS])
+CP_CASES["cp2_span"] = ("cp2", ["objective=span"])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if CP_LAYOUTS[CP_CASES[n][0]][0] > 2 else n
+    for n in CP_CASES
+])
+def test_context_parallel_matches_single_process(name, single_process, tmp_path,
+                                                 data_overrides):
+    layout, objective = CP_CASES[name]
+    reference = single_process([o for o in objective if not o.startswith("parallel.")])
+    nproc, overrides = CP_LAYOUTS[layout]
+    records = run_layout(tmp_path / name, nproc, [*overrides, *objective], data_overrides)
+    assert_same_run(name, records, reference)
