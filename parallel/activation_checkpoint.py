@@ -29,11 +29,13 @@ def apply_ac(model: nn.Module, *, mode: str, every: int) -> None:
             model.layers[key] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def saved_activation_bytes(forward) -> int:
+def saved_activation_bytes(forward, exclude=()) -> int:
     """Bytes of the tensors autograd keeps for backward while ``forward()`` runs: the
     activation memory that checkpointing trades for recompute. Each storage counts once
-    (views of one buffer share it); parameters are not activations and are left out."""
-    seen: set[int] = set()
+    (views of one buffer share it); parameters are not activations and are left out, and
+    so are the storages of ``exclude`` (pass the model's parameters: a linear layer saves
+    its weight as a transposed view, which is not an ``nn.Parameter``)."""
+    seen: set[int] = {t.untyped_storage().data_ptr() for t in exclude}
     total = 0
 
     def pack(t: torch.Tensor):
