@@ -20,6 +20,8 @@ LAYOUTS = {
     # DeepSpeed's partitions written as whole tensors in our format, and written back
     "deepspeed_zero2": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=2"]),
     "deepspeed_zero3": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=3"]),
+    # context parallelism: FSDP shards over the cp ranks; both read the same samples
+    "cp2_ul2": (2, ["parallel.cp=2", "objective=ul2", "data.document_masking=true"]),
 }
 
 
