@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tests.helpers.attention import RING_ULPS
+from tests.helpers.attention import sequence_mask as _mask
 from tests.helpers.spawn import spawn_ranks
-from tests.kernels.test_attention_blocks import RING_ULPS, _mask
 from triforge.kernels.attention import attention_reference
 from triforge.parallel.context_parallel import CP_COMMS, RingAttentionCore, shard_sequence
 

@@ -7,8 +7,7 @@
 2. The ring's math (parallel/context_parallel.py ``RingMath``) in one process emulating
    cp = 2 and 4 ranks, with both block implementations (Triton, PyTorch), against the
    unsplit float64 attention: outputs and dq, dk, dv put back in sequence order. Tolerance:
-   fp32 inputs; the ring adds one log-sum-exp merge per visit (cp of them) and sums dk, dv
-   over cp visits, each a few fp32 roundings at the tensor's magnitude: RING_ULPS * cp ulps.
+   fp32 inputs, RING_ULPS * cp ulps (tests/helpers/attention.py).
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from tests.kernels.test_attention_kernel import DEVICE, FLOOR_FP32_ULPS  # noqa: E402
+from tests.helpers.attention import DEVICE, RING_ULPS  # noqa: E402
+from tests.helpers.attention import sequence_mask as _mask  # noqa: E402
 from triforge.kernels.attention import AttentionMask, attention_reference  # noqa: E402
 from triforge.kernels.attention.op import flash_attention  # noqa: E402
 from triforge.parallel.context_parallel import (  # noqa: E402
@@ -30,14 +30,8 @@ from triforge.parallel.context_parallel import (  # noqa: E402
     shard_sequence,
 )
 
-RING_ULPS = 4.0
+FLOOR_FP32_ULPS = 4.0  # as in test_attention_kernel.py
 KINDS = ("causal", "full", "prefix")
-
-
-def _mask(kind: str, docs: bool, b: int, total: int, gen, **starts) -> AttentionMask:
-    prefix = torch.tensor([5, total + 3, 0][:b]) if kind == "prefix" else None
-    doc_ids = torch.randint(0, 3, (b, total), generator=gen).sort(dim=1).values if docs else None
-    return AttentionMask(kind, prefix_len=prefix, doc_ids=doc_ids, **starts)
 
 
 def _grads(fn, q, k, v, dout, mask, **kw):
