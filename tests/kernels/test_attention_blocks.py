@@ -52,7 +52,7 @@ def _grads(fn, q, k, v, dout, mask, **kw):
 def test_kernel_block_at_positions_matches_reference(kind, docs, dtype, s_q, s_k, q_start,
                                                      k_start):
     gen = torch.Generator().manual_seed(s_q * 100 + s_k)
-    b, hq, hkv, d = 2, 4, 2, 32
+    b, hq, hkv, d = 2, 2, 1, 32  # few heads: the interpreter runs per program
     total = max((q_start or 0) + s_q, k_start + s_k)
     mask = _mask(kind, docs, b, total, gen, q_start=q_start, k_start=k_start)
     if q_start is None:  # default placement: doc ids cover the keys

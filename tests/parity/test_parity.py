@@ -382,24 +382,24 @@ def test_moe_global_balance_matches_single_process(layout, moe_single, tmp_path,
 
 
 # Context parallelism: each of 2 cp ranks holds 2 of every sequence's 4 chunks and attention
-# runs as a ring. The causal LM over document masks (default positions: the ring's ranks must
-# use their chunks' global ones) and UL2 (prefix and document masks, positions per
-# document), on every layout; the all-gather transport with MLM (bidirectional, documents);
-# span corruption (prefix masks over rearranged rows).
+# runs as a ring. On cp2: the causal LM over document masks (default positions: the ring's
+# ranks must use their chunks' global ones), with full activation checkpointing (it
+# recomputes the ring in backward and changes no value); UL2 (prefix and document masks,
+# positions per document); span corruption; MLM (bidirectional, documents) over the
+# all-gather transport. With FSDP, TP and PP (4 ranks each, the costly runs): UL2 with
+# documents, whose prefix masks are causal past the prefix, so every block kind occurs.
 CLM_DOCS = ["data.document_masking=true"]
 UL2_DOCS = ["objective=ul2", *DOCS]
 CP_LAYOUTS = {"cp2": (2, ["parallel.cp=2"]),
               "cp2_fsdp2": (4, ["parallel.cp=2", "parallel.dp_shard=2"]),
               "cp2_tp2": (4, ["parallel.cp=2", "parallel.tp=2"]),
               "cp2_pp2": (4, ["parallel.cp=2", "parallel.pp=2"])}
-CP_CASES = {f"{layout}_{name}": (layout, objective)
-            for layout in CP_LAYOUTS for name, objective in (("clm_docs", CLM_DOCS),
-                                                              ("ul2_docs", UL2_DOCS))}
-CP_CASES["cp2_allgather_mlm_docs"] = ("cp2", ["parallel.cp_comm=allgather", *MLM_DOCS])
-CP_CASES["cp2_span"] = ("cp2", ["objective=span"])
-# Activation checkpointing recomputes each block's forward, ring included, in backward.
-CP_LAYOUTS["cp2_ac_full"] = (2, ["parallel.cp=2", "parallel.activation_checkpoint=full"])
-CP_CASES["cp2_ac_full_clm_docs"] = ("cp2_ac_full", CLM_DOCS)
+CP_CASES = {"cp2_ac_full_clm_docs": ("cp2", ["parallel.activation_checkpoint=full",
+                                             *CLM_DOCS]),
+            "cp2_ul2_docs": ("cp2", UL2_DOCS), "cp2_span": ("cp2", ["objective=span"]),
+            "cp2_allgather_mlm_docs": ("cp2", ["parallel.cp_comm=allgather", *MLM_DOCS]),
+            **{f"{layout}_ul2_docs": (layout, UL2_DOCS)
+               for layout in ("cp2_fsdp2", "cp2_tp2", "cp2_pp2")}}
 
 
 @pytest.mark.distributed
