@@ -386,8 +386,8 @@ def test_moe_global_balance_matches_single_process(layout, moe_single, tmp_path,
 # ranks must use their chunks' global ones), with full activation checkpointing (it
 # recomputes the ring in backward and changes no value); UL2 (prefix and document masks,
 # positions per document); span corruption; MLM (bidirectional, documents) over the
-# all-gather transport. With FSDP, TP and PP (4 ranks each, the costly runs): UL2 with
-# documents, whose prefix masks are causal past the prefix, so every block kind occurs.
+# all-gather transport. With FSDP, TP and PP (4 ranks each): the causal LM and UL2, both
+# with documents.
 CLM_DOCS = ["data.document_masking=true"]
 UL2_DOCS = ["objective=ul2", *DOCS]
 CP_LAYOUTS = {"cp2": (2, ["parallel.cp=2"]),
@@ -398,8 +398,9 @@ CP_CASES = {"cp2_ac_full_clm_docs": ("cp2", ["parallel.activation_checkpoint=ful
                                              *CLM_DOCS]),
             "cp2_ul2_docs": ("cp2", UL2_DOCS), "cp2_span": ("cp2", ["objective=span"]),
             "cp2_allgather_mlm_docs": ("cp2", ["parallel.cp_comm=allgather", *MLM_DOCS]),
-            **{f"{layout}_ul2_docs": (layout, UL2_DOCS)
-               for layout in ("cp2_fsdp2", "cp2_tp2", "cp2_pp2")}}
+            **{f"{layout}_{name}": (layout, objective)
+               for layout in ("cp2_fsdp2", "cp2_tp2", "cp2_pp2")
+               for name, objective in (("clm_docs", CLM_DOCS), ("ul2_docs", UL2_DOCS))}}
 
 
 @pytest.mark.distributed
