@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from tests.helpers.spawn import spawn_ranks
+from triforge.kernels.attention import AttentionMask
 from triforge.models import ModelConfig, build_model, materialize
 from triforge.parallel.activation_checkpoint import saved_activation_bytes
 from triforge.parallel.context_parallel import (
@@ -73,21 +74,16 @@ def _traffic(rank: int, cp: int, comm: str, shape: tuple, repeats: int, out: Pat
     leaves = [t.requires_grad_() for t in (q, k, v)]
     core = RingAttentionCore(backend="sdpa", group=dist.group.WORLD, cp=cp, rank=rank,
                              comm=comm)
-    core(*leaves, _causal()).backward(dout)  # warm-up: connections, buffers
+    causal = AttentionMask("causal")
+    core(*leaves, causal).backward(dout)  # warm-up: connections, buffers
     dist.barrier()
     before = _lo_tx_bytes()
     for _ in range(repeats):
-        core(*leaves, _causal()).backward(dout)
+        core(*leaves, causal).backward(dout)
     dist.barrier()
     moved = (_lo_tx_bytes() - before) / repeats
     if rank == 0:
         out.write_text(json.dumps(moved))
-
-
-def _causal():
-    from triforge.kernels.attention import AttentionMask
-
-    return AttentionMask("causal")
 
 
 def analytic_ring_bytes(cp: int, comm: str, kv_bytes: int) -> float:

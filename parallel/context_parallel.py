@@ -121,8 +121,9 @@ class RingMath:
                                        v[:, :, b * c:(b + 1) * c], block, scale=self.scale,
                                        impl=self.impl)
                 acc[a] = merge_blocks(*acc[a], o, lse)
-        return [(o.contiguous(), lse.contiguous()) if o is not None else (None, None)
-                for o, lse in acc]
+        # The visit of this rank's own keys gives each query chunk its diagonal block, so
+        # no chunk is left without a result.
+        return [(o.contiguous(), lse.contiguous()) for o, lse in acc]
 
     def backward_visit(self, dout, q, outs, src, k, v, mask: AttentionMask, dq: torch.Tensor):
         """Add the blocks against ``src``'s keys to ``dq`` (in place); return their dk, dv."""

@@ -45,12 +45,13 @@ def block_forward(q, k, v, mask: AttentionMask, *, scale: float,
                   impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(out fp32 (b, h_q, s_q, d), lse2 fp32 (b, h_q, s_q), -inf where no key is allowed)."""
     if impl == "triton":
+        from .op import _unit_last_stride
         from .triton import attention_forward
 
         q, k, v = (_unit_last_stride(t) for t in (q, k, v))
         out, lse = attention_forward(q, k, v, mask, scale=scale, out_dtype=torch.float32)
         return out, lse.masked_fill(lse == math.inf, -math.inf)
-    scores, allowed = _scores2(q, k, mask, scale)
+    scores = _scores2(q, k, mask, scale)
     lse = torch.logsumexp(scores * math.log(2.0), dim=-1) * LOG2E
     probs = torch.exp2(scores - _finite(lse)[..., None])
     return probs @ _repeat_kv(v, q.shape[1], scores.dtype), lse
@@ -60,13 +61,14 @@ def block_backward(dout, q, k, v, out, lse, mask: AttentionMask, *, scale: float
                    impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) fp32 of one block, from the merged ``out`` (contiguous) and ``lse``."""
     if impl == "triton":
+        from .op import _unit_last_stride
         from .triton import attention_backward
 
         q, k, v = (_unit_last_stride(t) for t in (q, k, v))
         lse = lse.masked_fill(lse == -math.inf, math.inf).contiguous()
         return attention_backward(dout, q, k, v, out.contiguous(), lse, mask, scale=scale,
                                   grad_dtype=torch.float32)
-    scores, allowed = _scores2(q, k, mask, scale)
+    scores = _scores2(q, k, mask, scale)
     probs = torch.exp2(scores - lse.masked_fill(lse == -math.inf, math.inf)[..., None])
     dout, out = dout.to(scores.dtype), out.to(scores.dtype)
     vf = _repeat_kv(v, q.shape[1], scores.dtype)
@@ -78,13 +80,13 @@ def block_backward(dout, q, k, v, out, lse, mask: AttentionMask, *, scale: float
     return dq, dk, dv
 
 
-def _scores2(q, k, mask: AttentionMask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Base-2 scores (s * scale * log2 e), -inf where the mask forbids, and the mask."""
+def _scores2(q, k, mask: AttentionMask, scale: float) -> torch.Tensor:
+    """Base-2 scores (s * scale * log2 e), -inf where the mask forbids."""
     compute = torch.promote_types(q.dtype, torch.float32)
     kf = _repeat_kv(k, q.shape[1], compute)
     scores = (q.to(compute) @ kf.transpose(-2, -1)) * (scale * LOG2E)
     allowed = dense_mask(mask, q.shape[0], q.shape[2], k.shape[2], q.device)
-    return scores.masked_fill(~allowed, -math.inf), allowed
+    return scores.masked_fill(~allowed, -math.inf)
 
 
 def _finite(lse: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,3 @@ def _sum_groups(t: torch.Tensor, h_kv: int) -> torch.Tensor:
     b, h_q, s, d = t.shape
     return t.view(b, h_kv, h_q // h_kv, s, d).sum(2)
 
-
-def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()

@@ -105,9 +105,14 @@ def test_deepspeed_bf16_trains_like_the_single_process_bf16(tmp_path, data_overr
     single = run_layout(tmp_path / "single", 1, ["precision=bf16"], data_overrides)
     zero2 = run_layout(tmp_path / "zero2", 2, ["parallel.engine=deepspeed", "precision=bf16"],
                        data_overrides)
+    assert_within_bf16(zero2, single, "deepspeed bf16")
+
+
+def assert_within_bf16(records: list[dict], reference: list[dict], name: str) -> None:
+    """Losses and gradient norms within bf16's unit roundoff of a bf16 reference run."""
     for key in ("loss", "grad_norm"):
-        gap = max_rel_diff([r[key] for r in zero2], [r[key] for r in single])
-        print(f"deepspeed bf16 {key} max relative difference {gap:.2e}")
+        gap = max_rel_diff([r[key] for r in records], [r[key] for r in reference])
+        print(f"{name} {key} max relative difference {gap:.2e}")
         assert gap < UNIT_ROUNDOFF["bf16"], (key, gap)
 
 
@@ -140,20 +145,31 @@ def single_process(tmp_path_factory, data_overrides):
     return get
 
 
+def case_params(cases: dict, layouts: dict) -> list:
+    """The names of ``cases`` (name -> (layout, overrides)), marked slow past 2 ranks."""
+    return [pytest.param(n, marks=pytest.mark.slow) if layouts[cases[n][0]][0] > 2 else n
+            for n in cases]
+
+
+def run_case(name: str, layout: tuple, overrides: list[str], single_process, run_dir,
+             data_overrides) -> None:
+    """Train ``layout`` (nproc, layout overrides) with ``overrides`` and compare it with the
+    single process under the same overrides, less the parallel.* ones."""
+    nproc, layout_overrides = layout
+    reference = single_process([o for o in overrides if not o.startswith("parallel.")])
+    records = run_layout(run_dir, nproc, [*layout_overrides, *overrides], data_overrides)
+    assert_same_run(name, records, reference)
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if LAYOUTS[MASKED_CASES[n][0]][0] > 2 else n
-    for n in MASKED_CASES
-])
+@pytest.mark.parametrize("name", case_params(MASKED_CASES, LAYOUTS))
 def test_masked_objective_matches_single_process(name, single_process, tmp_path,
                                                  data_overrides):
     """Mask specs (prefix lengths, document ids) and positions travel through sharding,
     sequence parallelism and every pipeline stage unchanged, in training and evaluation."""
     layout, objective = MASKED_CASES[name]
-    nproc, overrides = LAYOUTS[layout]
-    reference = single_process(objective)
-    records = run_layout(tmp_path / name, nproc, [*overrides, *objective], data_overrides)
-    assert_same_run(name, records, reference)
+    run_case(name, LAYOUTS[layout], objective, single_process, tmp_path / name,
+             data_overrides)
 
 
 # An auxiliary loss attached inside block 1 (models/side_outputs.py): with pp2 that block is
@@ -404,17 +420,12 @@ CP_CASES = {"cp2_ac_full_clm_docs": ("cp2", ["parallel.activation_checkpoint=ful
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if CP_LAYOUTS[CP_CASES[n][0]][0] > 2 else n
-    for n in CP_CASES
-])
+@pytest.mark.parametrize("name", case_params(CP_CASES, CP_LAYOUTS))
 def test_context_parallel_matches_single_process(name, single_process, tmp_path,
                                                  data_overrides):
     layout, objective = CP_CASES[name]
-    reference = single_process([o for o in objective if not o.startswith("parallel.")])
-    nproc, overrides = CP_LAYOUTS[layout]
-    records = run_layout(tmp_path / name, nproc, [*overrides, *objective], data_overrides)
-    assert_same_run(name, records, reference)
+    run_case(name, CP_LAYOUTS[layout], objective, single_process, tmp_path / name,
+             data_overrides)
 
 
 @pytest.mark.distributed
@@ -427,7 +438,4 @@ def test_context_parallel_bf16_trains_like_the_single_process_bf16(single_proces
     reference = single_process(["precision=bf16"])
     records = run_layout(tmp_path / "cp2_bf16", 2, ["parallel.cp=2", "precision=bf16"],
                          data_overrides)
-    for key in ("loss", "grad_norm"):
-        gap = max_rel_diff([r[key] for r in records], [r[key] for r in reference])
-        print(f"cp2 bf16 {key} max relative difference {gap:.2e}")
-        assert gap < UNIT_ROUNDOFF["bf16"], (key, gap)
+    assert_within_bf16(records, reference, "cp2 bf16")
