@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.pipelining import PipelineStage
 
-from triforge.parallel.pipeline import MULTI_STAGE, SCHEDULES
+from triforge.parallel.pipeline import MULTI_STAGE, schedule_class
 from triforge.plan import Layout
 from triforge.plan.schedule import bubble_fraction
 
@@ -114,7 +114,7 @@ def worker(rank: int, world: int, port: int, micro: int, seconds: float, out: st
         stage_ids = list(range(rank, world * virtual, world))
         stages = [PipelineStage(SleepStage(per, per, per, busy), sid, world * virtual,
                                 torch.device("cpu")) for sid in stage_ids]
-        sched = SCHEDULES[schedule](stages if schedule in MULTI_STAGE else stages[0],
+        sched = schedule_class(schedule)(stages if schedule in MULTI_STAGE else stages[0],
                                     n_microbatches=micro, loss_fn=lambda y, t: y.sum(),
                                     scale_grads=False)
         # Multi-stage schedules keep their action order (the runtime executes it).

@@ -198,8 +198,11 @@ def train(job: JobConfig, *, log=print, env: ProcessEnv | None = None):
 def finish(job: JobConfig, trainer, tokenizer, *, log, sample: bool) -> None:
     """The loss plot and, on request, a sample of generated text."""
     run_dir = Path(job.run.dir)
-    plot_runs([run_dir], run_dir / "loss.png")
-    log(f"metrics: {run_dir / 'metrics.jsonl'}  plot: {run_dir / 'loss.png'}")
+    if job.logging.plot:
+        plot_runs([run_dir], run_dir / "loss.png")
+        log(f"metrics: {run_dir / 'metrics.jsonl'}  plot: {run_dir / 'loss.png'}")
+    else:
+        log(f"metrics: {run_dir / 'metrics.jsonl'}")
     if job.trainer.sample_at_end and sample:
         text = sample_text(trainer.model, tokenizer, job.generate, device=trainer.device,
                            max_context=job.trainer.seq_len, seed=job.seed)

@@ -31,24 +31,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import (
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleInterleavedZeroBubble,
-)
 from torch.distributed.tensor import DTensor
 
 from triforge.kernels.attention import AttentionMask
 
 from .context import ParallelContext
 
+# Schedule names -> torch.distributed.pipelining.schedules classes, imported when a pipeline
+# is built: that package pulls in torch._dynamo (about 0.7 s per process), which runs
+# without a pipeline need not pay.
 SCHEDULES = {
-    "gpipe": ScheduleGPipe,
-    "1f1b": Schedule1F1B,
-    "interleaved_1f1b": ScheduleInterleaved1F1B,
-    "zero_bubble": ScheduleInterleavedZeroBubble,
+    "gpipe": "ScheduleGPipe",
+    "1f1b": "Schedule1F1B",
+    "interleaved_1f1b": "ScheduleInterleaved1F1B",
+    "zero_bubble": "ScheduleInterleavedZeroBubble",
 }
 MULTI_STAGE = ("interleaved_1f1b", "zero_bubble")
 MASK_FIELDS = ("mask_kind", "prefix_len", "doc_ids")
@@ -134,10 +130,19 @@ def build_schedule(parts: list[nn.Module], stage_ids: list[int], n_stages: int,
     ``loss_fn(output, labels)`` runs on the last stage per microbatch; its result is
     backpropagated as is (``scale_grads=False``): the caller normalizes the loss.
     """
+    from torch.distributed.pipelining import PipelineStage
+
     for part in parts:
         part.register_forward_pre_hook(mask_from_fields, with_kwargs=True)
     stages = [PipelineStage(part, sid, n_stages, device, group=pp_group)
               for part, sid in zip(parts, stage_ids, strict=True)]
-    cls = SCHEDULES[schedule]
+    cls = schedule_class(schedule)
     return cls(stages if schedule in MULTI_STAGE else stages[0], n_microbatches=microbatches,
                loss_fn=loss_fn, scale_grads=False)
+
+
+def schedule_class(name: str) -> type:
+    """The ``torch.distributed.pipelining`` schedule class of ``parallel.pp_schedule``."""
+    from torch.distributed.pipelining import schedules
+
+    return getattr(schedules, SCHEDULES[name])

@@ -133,6 +133,7 @@ class WandbConfig:
 class LoggingConfig:
     progress_bar: bool = True
     peak_flops: float = 0.0  # per device; 0: a table for known GPUs, a measurement on CPU
+    plot: bool = True  # loss.png in run.dir at the end (rank 0; matplotlib, ~0.7 s)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self) -> None:

@@ -1,14 +1,15 @@
 """A checkpoint saved in one parallel layout resumes in another and trains on unchanged.
 
-Each source layout trains steps 1-5 and saves ``step_5`` (once per module; the single-process
-source is the step-5 checkpoint of the uninterrupted baseline run). A resume in another layout
-starts in a new run.dir with ``checkpoint.resume=<source>/checkpoints/step_5`` and trains steps
-6-10. Its per-step loss and gradient norm and its step-10 validation loss must match the
-uninterrupted single-process run to 1e-5 relative, the parity tolerance (fp32; layouts only
-change the order of floating-point sums). That holds only if all the state resharded: the
-weights, the data cursor (same global samples at every step) and Adam's moments and step
-counts: resumed with the weights alone (fresh moments, step count 0) the loss at step 7
-already differs by 2e-2 relative, three orders of magnitude above the tolerance.
+Each source layout trains steps 1-3 (``SAVE_AT``) and saves ``step_3`` (once per module; the
+single-process source is the step-3 checkpoint of the uninterrupted baseline run). A resume in
+another layout starts in a new run.dir with ``checkpoint.resume=<source>/checkpoints/step_3``
+and trains steps 4-6. Its per-step loss and gradient norm and its step-6 validation loss must
+match the uninterrupted single-process run to 1e-5 relative, the parity tolerance (fp32;
+layouts only change the order of floating-point sums). That holds only if all the state
+resharded: the weights, the data cursor (same global samples at every step) and Adam's
+moments and step counts. Measured with a step-3 checkpoint of a 10-step run: resumed with the
+weights alone (fresh moments, step count 0), the loss two steps later already differed by
+2e-2 relative, three orders of magnitude above the tolerance.
 
 CI runs a cycle that has every layout once as a source and once as a destination, data
 parallelism growing, shrinking and changing kind (replicate, shard) along the way:
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.runs import COMMON, RTOL, STEPS, max_rel_diff, run_layout
+from tests.helpers.runs import COMMON, RTOL, SAVE_AT, STEPS, max_rel_diff, run_layout
 from tests.helpers.runs import LAYOUTS as PARITY
 
-SAVED_AT = 5
+SAVED_AT = SAVE_AT
 LAYOUTS = {
     "1": (1, []),
     "dp2": PARITY["dp2"],
@@ -55,7 +56,7 @@ NO_SAVES = [a for a in COMMON if not a.startswith("checkpoint.")]
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, data_overrides) -> tuple[list[dict], Path]:
-    """The uninterrupted single-process run (its records) and its step-5 checkpoint."""
+    """The uninterrupted single-process run (its records) and its step-3 checkpoint."""
     run_dir = tmp_path_factory.mktemp("single")
     ckpt = [f"checkpoint.every={SAVED_AT}", "checkpoint.save_at_end=false"]
     records = run_layout(run_dir, 1, [], data_overrides, [*NO_SAVES, *ckpt])
@@ -64,7 +65,7 @@ def baseline(tmp_path_factory, data_overrides) -> tuple[list[dict], Path]:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, data_overrides, baseline):
-    """The step-5 checkpoint of a layout, trained and saved on first use."""
+    """The step-3 checkpoint of a layout, trained and saved on first use."""
     paths = {"1": baseline[1]}
 
     def get(name: str) -> Path:
@@ -95,7 +96,7 @@ def test_resume_in_another_layout_continues_the_run(source, dest, saved, baselin
             f"checkpoint.resume={saved(source)}"]
     records = run_layout(tmp_path / dest, nproc, overrides, data_overrides, [*NO_SAVES, *ckpt])
     steps = list(range(SAVED_AT + 1, STEPS + 1))
-    assert [r["step"] for r in records] == steps, "the resumed run must continue at step 6"
+    assert [r["step"] for r in records] == steps, f"the resumed run must start at {steps[0]}"
     assert [r["tokens_seen"] for r in records] == [reference[s]["tokens_seen"] for s in steps]
     for key in ("loss", "grad_norm", "val_loss"):
         got = [r[key] for r in records if r.get(key) is not None]
@@ -115,7 +116,7 @@ TIED_CYCLE = [("1", "pp2"), ("pp2", "tp2"), ("tp2", "1")]
 
 @pytest.fixture(scope="module")
 def tied_runs(tmp_path_factory, data_overrides):
-    """(the uninterrupted tied single-process records, step-5 checkpoint of each layout)."""
+    """(the uninterrupted tied single-process records, step-3 checkpoint of each layout)."""
     ckpt = [f"checkpoint.every={SAVED_AT}", "checkpoint.save_at_end=false"]
     run_dir = tmp_path_factory.mktemp("tied_single")
     records = run_layout(run_dir, 1, [], data_overrides, [*TIED, *ckpt])
@@ -141,7 +142,7 @@ def test_tied_checkpoint_resumes_in_another_layout(source, dest, tied_runs, tmp_
 def resume_and_compare(name: str, checkpoint: Path, layout, common: list[str],
                        baseline: list[dict], keys: tuple[str, ...], run_dir: Path,
                        data_overrides) -> None:
-    """Resume ``checkpoint`` in ``layout`` for steps 6-10; each of ``keys`` must match the
+    """Resume ``checkpoint`` in ``layout`` for steps 4-6; each of ``keys`` must match the
     uninterrupted ``baseline`` to RTOL."""
     reference = {r["step"]: r for r in baseline}
     nproc, overrides = layout

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers.runs import COMMON, run_layout
+from tests.helpers.runs import COMMON, SAVE_AT, STEPS, run_layout
 
 LAYOUTS = {
     "fsdp2": (2, ["parallel.dp_shard=2"]),
@@ -34,14 +34,15 @@ def losses(run_dir) -> dict[int, float]:
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_resume_in_same_layout_is_bit_exact(name, tmp_path, data_overrides):
     nproc, overrides = LAYOUTS[name]
-    common = [a for a in COMMON if not a.startswith("checkpoint.")] + ["checkpoint.every=5"]
+    common = [a for a in COMMON if not a.startswith("checkpoint.")] + [f"checkpoint.every={SAVE_AT}"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_layout(straight, nproc, overrides, data_overrides, common)
-    run_layout(split, nproc, [*overrides, "trainer.stop_at_step=5"], data_overrides, common)
-    assert sorted(losses(split)) == [1, 2, 3, 4, 5]
-    assert (split / "checkpoints" / "latest").read_text().strip() == "step_5"
-    ranks = sorted(p.name for p in (split / "checkpoints" / "step_5" / "ranks").iterdir())
+    run_layout(split, nproc, [*overrides, f"trainer.stop_at_step={SAVE_AT}"], data_overrides, common)
+    assert sorted(losses(split)) == list(range(1, SAVE_AT + 1))
+    assert (split / "checkpoints" / "latest").read_text().strip() == f"step_{SAVE_AT}"
+    ranks = sorted(p.name for p in (split / "checkpoints" / f"step_{SAVE_AT}" / "ranks").iterdir())
     assert ranks == [f"rank_{r}.json" for r in range(nproc)]  # each rank's RNG streams
     run_layout(split, nproc, overrides, data_overrides, common)  # the same command resumes
     a, b = losses(straight), losses(split)
-    assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]
+    after = range(SAVE_AT + 1, STEPS + 1)
+    assert [a[s] for s in after] == [b[s] for s in after]

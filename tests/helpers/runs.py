@@ -15,15 +15,19 @@ from pathlib import Path
 
 from tests.helpers.bounded import run_bounded
 
-STEPS = 10
+STEPS = 6
+SAVE_AT = 3  # the resume tests' checkpoint: steps 1-3 before it, 4-6 after
 RTOL = 1e-5
 COMMON = [
     "model=tiny", "model.tie_embeddings=false", "model.n_layers=4", "logging.wandb.enabled=false",
     "logging.progress_bar=false", "trainer.batch_size=8", "trainer.micro_batch_size=2",
     "trainer.seq_len=32", f"trainer.max_steps={STEPS}", "trainer.log_every=1",
-    "trainer.eval_every=5", "trainer.eval_batches=1", "trainer.sample_at_end=false",
+    f"trainer.eval_every={SAVE_AT}", "trainer.eval_batches=1", "trainer.sample_at_end=false",
     "checkpoint.every=0", "checkpoint.save_at_end=false", "optim.warmup_steps=2",
     "optim.lr=3e-3",
+    # MFU against a configured peak: no matmul bursts to measure one (about 1.5 s per
+    # process; the measurement has tests of its own), and no plot (matplotlib)
+    "logging.peak_flops=1e12", "logging.plot=false",
 ]
 
 LAYOUTS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.runs import COMMON, max_rel_diff, run_layout
+from tests.helpers.runs import COMMON, SAVE_AT, max_rel_diff, run_layout
 from triforge.launcher.prepare import main as prepare_main
 
 
@@ -40,8 +40,8 @@ def test_a_blend_trains_alike_under_fsdp_and_reports_each_source(tmp_path, blend
     assert evals[0]["val_loss/code"] != evals[0]["val_loss/prose"]
     # The same blended stream on two ranks: every step's loss (another batch would move it
     # by far more than 1e-5) and both sources' validation losses. Gradient norms are the
-    # parity suite's business: here step 10's spikes to 10.1 (from ~2.2) and is
-    # ill-conditioned (measured 1.6e-4 apart, with its loss 2e-7 apart).
+    # parity suite's business: in a 10-step run of this blend, step 10's spiked to 10.1
+    # (from ~2.2) and was ill-conditioned (measured 1.6e-4 apart, with its loss 2e-7 apart).
     sharded = run_layout(tmp_path / "fsdp2", 2, ["parallel.dp_shard=2"], blend_overrides)
     assert max_rel_diff([r["loss"] for r in sharded], [r["loss"] for r in single]) <= 1e-5
     for key in ("val_loss/code", "val_loss/prose"):
@@ -50,9 +50,9 @@ def test_a_blend_trains_alike_under_fsdp_and_reports_each_source(tmp_path, blend
 
 
 def test_a_blend_resumes_exactly(tmp_path, blend_overrides):
-    every = [*COMMON, "checkpoint.every=5"]
+    every = [*COMMON, f"checkpoint.every={SAVE_AT}"]
     full = run_layout(tmp_path / "full", 1, [], blend_overrides, every)
-    run_layout(tmp_path / "part", 1, ["trainer.stop_at_step=5", "checkpoint.save_at_end=true"],
+    run_layout(tmp_path / "part", 1, [f"trainer.stop_at_step={SAVE_AT}", "checkpoint.save_at_end=true"],
                blend_overrides, every)
     resumed = run_layout(tmp_path / "part", 1, [], blend_overrides, every)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]

@@ -1,6 +1,6 @@
 """Every parallel layout trains exactly like the single-process run.
 
-Same seed, data and global batch: per-step loss and global gradient norm over 10 steps must
+Same seed, data and global batch: per-step loss and global gradient norm over ``STEPS`` steps must
 match the single process to 1e-5 relative (fp32; the layouts only change the order of
 floating-point sums). Each layout runs the real entry point under torchrun on the gloo
 backend.
