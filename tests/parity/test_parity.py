@@ -174,7 +174,7 @@ def test_masked_objective_matches_single_process(name, single_process, tmp_path,
 
 # An auxiliary loss attached inside block 1 (models/side_outputs.py): with pp2 that block is
 # on the first stage, so its gradient must enter there, never reaching the loss function.
-AUX = ["debug.aux_l2_layer=1", "debug.aux_l2_coeff=1e-3"]
+AUX = ["debug.aux_l2_layer=1", "debug.aux_l2_coeff=1e-2"]
 AUX_LAYOUTS = ["fsdp2", "tp2", "pp2_1f1b", "pp2_interleaved_1f1b"]
 
 
@@ -370,7 +370,7 @@ def test_moe_shared_expert_and_capacity_match_single_process(layout, steps, moe_
         diff = max_rel_diff([r[key] for r in records[:steps]],
                             [r[key] for r in reference[:steps]])
         assert diff <= RTOL, f"{layout}+shared+capacity: {key} differs by {diff:.2e}"
-    assert_same_moe_statistics(records, reference)
+    assert_same_moe_statistics(records[:steps], reference[:steps])
 
 
 # The global balance scope: f from the counts of all data-parallel ranks' micro-batches.
