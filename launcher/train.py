@@ -61,15 +61,11 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
 
 
 def check_compile(job: JobConfig) -> None:
-    """What ``trainer.compile`` covers so far: dense blocks under data and pipeline
-    parallelism. Under tensor parallelism torch 2.13's compiled backward hands a plain
-    tensor to DTensor's redistribution (AttributeError: no ``_local_tensor``); MoE layers
-    route with data-dependent shapes, which ``fullgraph`` compilation refuses."""
+    """What ``trainer.compile`` covers so far: dense blocks under data, tensor and pipeline
+    parallelism. MoE layers route with data-dependent shapes, which ``fullgraph``
+    compilation refuses."""
     if not job.trainer.compile:
         return
-    if job.parallel.tp > 1:
-        raise ConfigError(f"config: trainer.compile=true does not work with parallel.tp"
-                          f"({job.parallel.tp}) > 1 yet; use trainer.compile=false or tp=1")
     if job.model.moe.num_experts:
         raise ConfigError("config: trainer.compile=true covers dense models; mixture-of-experts "
                           "layers need trainer.compile=false")

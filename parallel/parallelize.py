@@ -31,8 +31,8 @@ class ParallelOptions:
 def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
                 opts: ParallelOptions, *, wrap_data_parallel: Callable[[nn.Module], None]) -> None:
     """Apply the layout to ``model`` in place: TP, EP, CP, the routers' global balance counts,
-    activation checkpointing, compilation, then the data-parallel engine's wrapping (FSDP2 over the dense
-    FSDP mesh, or another engine's).
+    compilation, activation checkpointing, then the data-parallel engine's wrapping (FSDP2
+    over the dense FSDP mesh, or another engine's).
     With ``meshes`` None (one process) tensor parallelism does not apply."""
     if meshes is not None and dims.tp > 1:
         apply_tp(model, meshes.tp, sequence_parallel=opts.sequence_parallel)
@@ -42,7 +42,7 @@ def parallelize(model: nn.Module, dims: ParallelDims, meshes: RoleMeshes | None,
         apply_cp(model, meshes.cp, comm=opts.cp_comm)
     if meshes is not None and dims.dp * dims.cp > 1:
         apply_global_balance(model, meshes.loss)
-    apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
     if opts.compile:
         apply_compile(model)
+    apply_ac(model, mode=opts.activation_checkpoint, every=opts.ac_every)
     wrap_data_parallel(model)

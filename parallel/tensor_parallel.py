@@ -59,6 +59,21 @@ class Replicated(ParallelStyle):
         return module
 
 
+class EmbeddingParallel(RowwiseParallel):
+    """The vocabulary-parallel embedding: ``RowwiseParallel`` whose output leaves through a
+    blocking collective. torch's style reduces asynchronously and hands the first block an
+    ``AsyncCollectiveTensor``; a block compiled by ``trainer.compile`` then sends a plain
+    tensor back as that input's gradient, which DTensor's redistribution cannot take
+    (AttributeError: no ``_local_tensor``, torch 2.13). The first block needs the reduced
+    embedding at once anyway, so nothing overlaps either way."""
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh):
+        if outputs.placements != output_layouts:
+            outputs = outputs.redistribute(placements=output_layouts, async_op=False)
+        return outputs.to_local() if use_local_output else outputs
+
+
 def _swiglu_plan(ffn: nn.Module, residual, prefix: str = "feed_forward") -> dict:
     del ffn
     return {
@@ -122,7 +137,8 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool) 
     residual = Shard(1) if sequence_parallel else Replicate()
     top: dict = {}
     if model.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
+        top["tok_embeddings"] = EmbeddingParallel(input_layouts=Replicate(),
+                                                  output_layouts=residual)
     if model.norm is not None and sequence_parallel:
         top["norm"] = SequenceParallel()
     if model.output is not None:

@@ -26,8 +26,6 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
     (["model.vocab_size=100"], r"model.vocab_size\(100\) is smaller than the tokenizer's"),
     (["trainer.batch_size=1000000000000"],
      r"trainer.batch_size\(1000000000000\) exceeds the \d+ training windows"),
-    (["trainer.compile=true", "parallel.tp=2"],
-     r"trainer.compile=true does not work with parallel.tp\(2\) > 1 yet"),
     (["trainer.compile=true", "model=moe_tiny"], r"trainer.compile=true covers dense models"),
     (["parallel.engine=megatron"], r"parallel.engine='megatron' is not one of"),
     (["parallel.engine=deepspeed", "parallel.zero_stage=4"],

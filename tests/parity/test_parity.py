@@ -40,10 +40,13 @@ def test_layout_matches_single_process(name, baseline, tmp_path, data_overrides)
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["single", "fsdp2"])
+@pytest.mark.parametrize("name", ["single", "fsdp2", "tp2_ac_selective"])
 def test_compiled_blocks_train_like_eager(name, baseline, tmp_path, data_overrides):
     """trainer.compile=true (inductor's C++ backend here) changes how each block computes,
-    not what: the same losses and gradient norms as the eager single process."""
+    not what: the same losses and gradient norms as the eager single process, with the
+    blocks compiled between FSDP2's gathers, and under tp2 with sequence parallelism (its
+    collectives traced into each block's graph; every second block also checkpointed, so
+    the compiled forward is recomputed in backward)."""
     nproc, overrides = (1, []) if name == "single" else LAYOUTS[name]
     records = run_layout(tmp_path / name, nproc, [*overrides, "trainer.compile=true"],
                          data_overrides)
