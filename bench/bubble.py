@@ -13,7 +13,7 @@ stand-in's durations and no overhead; ``overhead`` is the step time of the same 
 with zero-length sleeps (Python dispatch and gloo transfers, per action), as a fraction of
 the measured step. The measured idle exceeds the formula by about that share.
 
-    python bench/bubble.py [--ranks 4] [--microbatches 8] [--ms 50]
+    python -m bench.bubble [--ranks 4] [--microbatches 8] [--ms 50]
 """
 
 from __future__ import annotations
