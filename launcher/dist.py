@@ -93,10 +93,12 @@ def leave_distributed(code: int, *, all_ranks_done: bool) -> int:
 
 
 def exit_process(code: int) -> NoReturn:
-    """Exit now with ``code``, doing first what interpreter shutdown does for user code."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    """Exit now with ``code``, doing first what interpreter shutdown does for user code, in
+    its order: ``threading._shutdown`` runs threading's own exit hooks, which tell idle
+    ``concurrent.futures`` pool workers (inductor's compile threads under trainer.compile)
+    to finish, then joins every non-daemon thread; then the ``atexit`` functions. Joining
+    the threads before those hooks waited forever on an idle pool worker."""
+    threading._shutdown()
     atexit._run_exitfuncs()  # logging.shutdown, wandb, tempfile clean-up, ...
     sys.stdout.flush()
     sys.stderr.flush()
