@@ -27,12 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.overhead import FrameworkLoop, step_rate
-from triforge.launcher.build import build_trainer, pick_device
-from triforge.launcher.config import load_config
-from triforge.launcher.env import ProcessEnv
-from triforge.parallel.context import ParallelContext
-from triforge.trainer.data import GlobalSampler, WindowLoader
+from bench.overhead import FrameworkLoop, alternate, build_bench_trainer, own_loader
 
 SHAPE = ["model=small", "model.d_model=384", "model.n_layers=6", "model.n_heads=6",
          "trainer.seq_len=256", "trainer.batch_size=8", "trainer.micro_batch_size=8"]
@@ -70,9 +65,7 @@ class NanoLoop:
         self.batch, self.clip = job.trainer.batch_size, job.trainer.grad_clip
         self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16)
                          if job.precision.dtype == "bf16" else contextlib.nullcontext())
-        mine = getattr(trainer.loader, "source", trainer.loader)
-        self.loader = WindowLoader(mine.split, mine.seq_len,
-                                   GlobalSampler(mine.sampler.num_samples, seed=job.seed))
+        self.loader = own_loader(job, trainer)
 
     def run(self, steps: int) -> list[float]:
         times = []
@@ -91,28 +84,15 @@ class NanoLoop:
 
 
 def compare(nanogpt, dtype: str, compiled: bool, rounds: int, steps: int) -> dict:
-    total = (rounds + 1) * steps * 2
+    overrides = [f"precision={dtype}", f"trainer.compile={str(compiled).lower()}",
+                 # no MFU here: no matmul bursts re-measuring the peak mid-round
+                 "logging.peak_flops=1e12", *SHAPE]
     with tempfile.TemporaryDirectory() as run_dir:
-        job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
-                           "logging.progress_bar=false", "trainer.eval_every=0",
-                           "checkpoint.every=0", f"trainer.max_steps={total}",
-                           "trainer.log_every=4", f"precision={dtype}",
-                           # no MFU here: no matmul bursts re-measuring the peak mid-round
-                           "logging.peak_flops=1e12",
-                           f"trainer.compile={str(compiled).lower()}", *SHAPE])
-        env = ProcessEnv()
-        trainer, _ = build_trainer(job, env, ParallelContext.single(),
-                                   pick_device(job.trainer.device, env), log=lambda *_: None)
-        trainer.sinks = trainer.sinks[:1]
-        ours, theirs = FrameworkLoop(trainer), NanoLoop(nanogpt, job, trainer, compiled=compiled)
-        ours.run(steps)  # warm-up (and compilation), not measured
-        theirs.run(steps)
+        job, trainer = build_bench_trainer(run_dir, (rounds + 1) * steps * 2, overrides)
+        theirs = NanoLoop(nanogpt, job, trainer, compiled=compiled)
         tokens = job.trainer.batch_size * job.trainer.seq_len
-        rates = []
-        for r in range(rounds):
-            order = (theirs, ours) if r % 2 else (ours, theirs)
-            got = {loop: step_rate(loop.run(steps), tokens) for loop in order}
-            rates.append((got[ours], got[theirs]))
+        # the warm-up round compiles, and is not measured
+        rates = alternate(FrameworkLoop(trainer), theirs, rounds, steps, tokens)
         attention = 12 * job.model.n_layers * job.model.d_model * job.trainer.seq_len
         per_token = {"ours": 6 * matmul_params(trainer.model, trainer.model.output) + attention,
                      "nanogpt": 6 * matmul_params(theirs.raw, theirs.raw.lm_head) + attention}

@@ -38,10 +38,7 @@ class HandLoop:
                                              attention_backend=job.attention.backend),
                                  trainer.device, seed=job.seed)
         self.opt = build_optimizer(self.model, job.optim)
-        # its own loader over the same split (the trainer's reads ahead in a thread)
-        mine = getattr(trainer.loader, "source", trainer.loader)
-        self.loader = WindowLoader(mine.split, mine.seq_len,
-                                   GlobalSampler(mine.sampler.num_samples, seed=job.seed))
+        self.loader = own_loader(job, trainer)
 
     def run(self, steps: int) -> list[float]:
         """Seconds of each of ``steps`` steps."""
@@ -59,6 +56,40 @@ class HandLoop:
             loss.item()  # the trainer reads each step's loss too
             times.append(time.perf_counter() - start)
         return times
+
+
+def own_loader(job, trainer) -> WindowLoader:
+    """A loader of its own over the trainer's training split, same seed (the trainer's
+    reads ahead in a thread)."""
+    mine = getattr(trainer.loader, "source", trainer.loader)
+    return WindowLoader(mine.split, mine.seq_len,
+                        GlobalSampler(mine.sampler.num_samples, seed=job.seed))
+
+
+def build_bench_trainer(run_dir: str, total_steps: int, overrides: list[str]):
+    """(job, a single-process Trainer for ``total_steps``, its JSONL sink only)."""
+    job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
+                       "logging.progress_bar=false", "trainer.eval_every=0",
+                       "checkpoint.every=0", f"trainer.max_steps={total_steps}",
+                       "trainer.log_every=4", *overrides])
+    env = ProcessEnv()
+    trainer, _ = build_trainer(job, env, ParallelContext.single(),
+                               pick_device(job.trainer.device, env), log=print)
+    trainer.sinks = trainer.sinks[:1]  # keep the JSONL file, not console lines, in timings
+    return job, trainer
+
+
+def alternate(ours, theirs, rounds: int, steps: int, tokens: int) -> list[tuple[float, float]]:
+    """(ours, theirs) tokens/s per round after one warm-up round each, alternating which
+    loop goes first, so neither always runs on a warmer machine."""
+    ours.run(steps)
+    theirs.run(steps)
+    rates = []
+    for r in range(rounds):
+        order = (theirs, ours) if r % 2 else (ours, theirs)
+        got = {loop: step_rate(loop.run(steps), tokens) for loop in order}
+        rates.append((got[ours], got[theirs]))
+    return rates
 
 
 class FrameworkLoop:
@@ -86,27 +117,11 @@ def step_rate(times: list[float], tokens_per_step: int) -> float:
 
 def measure(rounds: int, steps: int, overrides: list[str]) -> dict:
     """Per-round ratios triforge / hand loop (and the rates), alternating the order."""
-    total = (rounds + 1) * steps * 2
     with tempfile.TemporaryDirectory() as run_dir:
-        job = load_config([f"run.dir={run_dir}", "logging.wandb.enabled=false",
-                           "logging.progress_bar=false", "trainer.eval_every=0",
-                           "checkpoint.every=0", f"trainer.max_steps={total}",
-                           "trainer.log_every=4", *overrides])
-        env = ProcessEnv()
-        trainer, _ = build_trainer(job, env, ParallelContext.single(),
-                                   pick_device(job.trainer.device, env), log=print)
-        trainer.sinks = trainer.sinks[:1]  # keep the JSONL file, not console lines, in timings
+        job, trainer = build_bench_trainer(run_dir, (rounds + 1) * steps * 2, overrides)
         tokens = job.trainer.batch_size * job.trainer.seq_len
-        ours_loop, hand = FrameworkLoop(trainer), HandLoop(job, trainer)
-        ours_loop.run(steps)  # warm-up rounds, not measured
-        hand.run(steps)
-        ratios, rows = [], []
-        for r in range(rounds):
-            # Alternate which loop goes first, so neither always runs on a warmer machine.
-            order = (hand, ours_loop) if r % 2 else (ours_loop, hand)
-            rates = {loop: step_rate(loop.run(steps), tokens) for loop in order}
-            ratios.append(rates[ours_loop] / rates[hand])
-            rows.append((rates[ours_loop], rates[hand]))
+        rows = alternate(FrameworkLoop(trainer), HandLoop(job, trainer), rounds, steps, tokens)
+    ratios = [ours / hand for ours, hand in rows]
     return {"model": job.model.name, "batch": job.trainer.batch_size,
             "seq": job.trainer.seq_len, "ratios": ratios, "rates": rows}
 
