@@ -32,9 +32,13 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class DeepSpeedState:
+    """``weights_only``: the model alone (``checkpoint.init_from`` with ``load=weights``,
+    as ``ModelState``); the optimizer state is left as it is."""
+
     def __init__(self, ds_engine, part: nn.Module, optimizer: torch.optim.Optimizer,
-                 stage: int):
+                 stage: int, *, weights_only: bool = False):
         self.ds, self.part, self.optimizer, self.stage = ds_engine, part, optimizer, stage
+        self.weights_only = weights_only
         self.params = [(n, p) for n, p in part.named_parameters() if p.requires_grad]
 
     def state_dict(self) -> dict:
@@ -44,6 +48,8 @@ class DeepSpeedState:
         full = {id(p): safe_get_full_fp32_param(p).detach().clone() for _, p in self.params}
         model = {name: full[id(p)]
                  for name, p in self.part.named_parameters(remove_duplicate=False)}
+        if self.weights_only:
+            return {"model": model}
         step, optim = self._step(), {}
         for (name, p), group in zip(self.params, self._groups(), strict=True):
             for key in MOMENTS:
@@ -62,8 +68,12 @@ class DeepSpeedState:
             value = state["model"][name]
             self._set_weight(p, value)
             safe_set_full_fp32_param(p, value.float())
+            if self.weights_only:
+                continue
             for key in MOMENTS:
                 safe_set_full_optimizer_state(p, state["optim"][f"state.{name}.{key}"], key)
+        if self.weights_only:
+            return
         (step,) = {float(state["optim"][f"state.{n}.step"]) for n, _ in self.params}
         for entry in self.optimizer.state.values():
             entry["step"] = torch.tensor(step, dtype=torch.float32)

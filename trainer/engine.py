@@ -26,7 +26,8 @@ from triforge.parallel.mesh import RoleMeshes
 
 from .loss_scale import LossScaler
 from .optim import Optimizers
-from .state import ModelOptimizerState
+from .precision import PrecisionConfig
+from .state import ModelOptimizerState, ModelState
 
 
 class DataParallelEngine(Protocol):
@@ -52,7 +53,15 @@ class DataParallelEngine(Protocol):
         """Clip to ``max_norm`` (0: no clipping) and apply the update."""
         ...
 
+    def skip(self, grad_norm: torch.Tensor) -> None:
+        """Drop this step's gradients; parameters and optimizer state stay bit for bit."""
+        ...
+
     def zero_grad(self) -> None: ...
+
+    def loss_scaler(self, cfg: PrecisionConfig, *, enabled: bool) -> LossScaler:
+        """The loss scaler of this run (fp16; disabled otherwise), once ``attach`` ran."""
+        ...
 
     def forward_module(self, part: nn.Module) -> nn.Module:
         """What a step calls for the forward of ``part`` (the part itself, or a wrapper)."""
@@ -64,6 +73,10 @@ class DataParallelEngine(Protocol):
 
     def tensor_state(self) -> ModelOptimizerState:
         """Model and optimizer state, for the checkpoint (resharded on load)."""
+        ...
+
+    def model_state(self) -> ModelState:
+        """The model alone (``checkpoint.init_from`` with ``load=weights``)."""
         ...
 
 
@@ -107,8 +120,14 @@ class FSDP2Engine:
         clip_gradients(self.parts, max_norm, grad_norm)
         self.optimizer.step()
 
+    def skip(self, grad_norm: torch.Tensor) -> None:
+        """Nothing to undo: ``zero_grad`` follows, and the optimizer never saw the step."""
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
+
+    def loss_scaler(self, cfg: PrecisionConfig, *, enabled: bool) -> LossScaler:
+        return LossScaler(cfg, enabled=enabled)
 
     def forward_module(self, part: nn.Module) -> nn.Module:
         return part
@@ -118,6 +137,9 @@ class FSDP2Engine:
 
     def tensor_state(self) -> ModelOptimizerState:
         return ModelOptimizerState(self.parts, self.optimizer.optimizers)
+
+    def model_state(self) -> ModelState:
+        return ModelState(self.parts)
 
 
 def global_grad_norm(parts: list[nn.Module], ctx: ParallelContext) -> torch.Tensor:

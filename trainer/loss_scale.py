@@ -25,6 +25,12 @@ class LossScaler:
         self.growth_tracker = 0
         self.hysteresis_left = cfg.hysteresis
 
+    @property
+    def loss_factor(self) -> float:
+        """What the runner multiplies the loss by before backward: the scale (an engine
+        that scales in its own backward has a scaler whose factor is 1)."""
+        return self.scale
+
     def unscale_(self, parts: list[nn.Module]) -> None:
         """Divide every local gradient by the scale (in place); non-finite values stay
         non-finite, so the overflow check after this still sees them."""

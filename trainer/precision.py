@@ -9,7 +9,9 @@ With data parallelism the model is wrapped by FSDP2, whose ``MixedPrecisionPolic
 parameters once per all-gather (half the gather bytes) and reduces gradients in fp32. Without
 it (one process, or tensor/pipeline parallelism alone) autocast does the casting; parameters
 stay fp32, so gradients and their reductions are fp32 too. The two are never combined: under
-FSDP's cast, autocast would only add cast kernels.
+FSDP's cast, autocast would only add cast kernels. Under ``parallel.engine=deepspeed``, fp16
+is DeepSpeed's own (fp16 weights, fp32 master copies, gradients reduced in fp32) and bf16 is
+autocast over its fp32 weights (trainer/deepspeed_engine.py).
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ class PrecisionConfig:
 
 class PrecisionPolicy:
     """Built once from ``PrecisionConfig``; tells FSDP, the forward pass and the step what
-    to do. ``fsdp_enabled`` says whether FSDP2 wraps the model in this layout."""
+    to do. ``engine_casts``: whether the data-parallel engine casts the weights in this
+    layout (FSDP2 when it wraps the model; DeepSpeed under fp16), so autocast stays off."""
 
-    def __init__(self, cfg: PrecisionConfig, *, fsdp_enabled: bool):
+    def __init__(self, cfg: PrecisionConfig, *, engine_casts: bool):
         self.cfg = cfg
         self.compute_dtype = PRECISIONS[cfg.dtype]
-        self.fsdp_enabled = fsdp_enabled
+        self.engine_casts = engine_casts
 
     @property
     def mixed(self) -> bool:
@@ -78,7 +81,7 @@ class PrecisionPolicy:
         return MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
 
     def autocast(self, device: torch.device):
-        """The context for forward passes: autocast when FSDP does not cast."""
-        if not self.mixed or self.fsdp_enabled:
+        """The context for forward passes: autocast when the engine does not cast."""
+        if not self.mixed or self.engine_casts:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.compute_dtype)

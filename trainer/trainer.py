@@ -26,7 +26,7 @@ from .objectives import Objective
 from .optim import lr_at, set_lr
 from .precision import PrecisionPolicy
 from .runner import StepRunner
-from .state import ModelState, RNGState, TrainState
+from .state import RNGState, TrainState
 from .throughput import Throughput
 
 
@@ -156,7 +156,7 @@ class Trainer:
         with self.precision.autocast(self.device):
             loss, local_loss = self.runner.forward_backward(
                 self.injector.objective(self.objective, step), batch, ctx=self.ctx,
-                device=self.device, loss_scale=self.scaler.scale)
+                device=self.device, loss_scale=self.scaler.loss_factor)
         self.injector.gradients(self.parts, step)
         self.engine.unscale_(self.scaler)
         grad_norm = self.engine.grad_norm()
@@ -180,6 +180,7 @@ class Trainer:
             self.engine.step(max_norm=self.cfg.grad_clip, grad_norm=grad_norm)
             self.hooks.run("after_optimizer_step", step)
         else:
+            self.engine.skip(grad_norm)
             self.state.skipped_steps += 1
             self.message(f"[warn] step {step} skipped: {verdict.reason} "
                          f"({self.state.skipped_steps} skipped so far)")
@@ -216,5 +217,5 @@ class Trainer:
     def start_from(self, path, *, optimizer: bool) -> None:
         """checkpoint.init_from: another run's weights (and optimizer state) as this run's
         step 0; the schedule, data cursor and RNG streams stay this run's own."""
-        state = self._tensor_state if optimizer else ModelState(self.parts)
+        state = self._tensor_state if optimizer else self.engine.model_state()
         self.checkpointer.load_start(path, state)

@@ -21,6 +21,11 @@ def test_the_generated_config_follows_the_job():
     assert cfg["gradient_clipping"] == 1.0 and not cfg["bf16"]["enabled"]
 
 
+def test_micro_batch_size_zero_is_one_micro_batch_per_rank():
+    cfg = deepspeed_config(**{**OURS, "micro_batch_size": 0})
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (8, 1)
+
+
 def test_a_user_json_is_merged_and_may_repeat_our_values(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": 1000},
@@ -32,7 +37,7 @@ def test_a_user_json_is_merged_and_may_repeat_our_values(tmp_path):
 
 @pytest.mark.parametrize("user, key", [
     ({"train_batch_size": 32}, "train_batch_size"),
-    ({"bf16": {"enabled": True}}, "bf16"),
+    ({"bf16": {"enabled": True}}, "bf16.enabled"),
     ({"zero_optimization": {"stage": 3}}, "zero_optimization.stage"),
     ({"gradient_accumulation_steps": 1}, "gradient_accumulation_steps"),
 ])

@@ -63,13 +63,13 @@ def test_unscale_divides_gradients_and_keeps_infinities():
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_autocast_computes_in_the_policy_dtype_and_keeps_fp32_weights(dtype):
-    policy = PrecisionPolicy(PrecisionConfig(dtype=dtype), fsdp_enabled=False)
+    policy = PrecisionPolicy(PrecisionConfig(dtype=dtype), engine_casts=False)
     lin = nn.Linear(4, 4)
     with policy.autocast(torch.device("cpu")):
         out = lin(torch.randn(2, 4))
     assert out.dtype == policy.compute_dtype and lin.weight.dtype == torch.float32
     assert policy.fsdp_policy().reduce_dtype == torch.float32
-    fsdp = PrecisionPolicy(PrecisionConfig(dtype=dtype), fsdp_enabled=True)
+    fsdp = PrecisionPolicy(PrecisionConfig(dtype=dtype), engine_casts=True)
     with fsdp.autocast(torch.device("cpu")):  # FSDP casts; autocast would only add casts
         assert lin(torch.randn(2, 4)).dtype == torch.float32
     assert fsdp.fsdp_policy().param_dtype == policy.compute_dtype
