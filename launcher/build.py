@@ -28,7 +28,6 @@ from triforge.trainer.evaluate import Evaluator
 from triforge.trainer.flops import PeakFlops, flops_per_token
 from triforge.trainer.layer_drop import LayerDrop
 from triforge.trainer.loggers import ConsoleSink, JsonlSink, MetricsSink, WandbSink
-from triforge.trainer.loss_scale import LossScaler
 from triforge.trainer.moe_balance import ExpertBalance
 from triforge.trainer.numerics import NonfiniteInjector, StepGuard, attach_debug_aux_loss
 from triforge.trainer.objectives import build_objective
@@ -230,10 +229,11 @@ def build_engine(job: JobConfig, ctx: ParallelContext, precision):
                 batch_size=job.trainer.batch_size, micro_batch_size=job.trainer.micro_batch_size,
                 dp=ctx.dims.dp, grad_clip=job.trainer.grad_clip, stage=p.zero_stage,
                 offload_optimizer=p.offload_optimizer, offload_params=p.offload_params,
+                fp16=job.precision if precision.loss_scaling else None,
                 user_file=p.deepspeed_config)
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from None
-        return DeepSpeedEngine(ctx, config)
+        return DeepSpeedEngine(ctx, config, cpu_fp16=job.debug.deepspeed_cpu_fp16)
     return FSDP2Engine(ctx, reshard_after_forward=p.fsdp_reshard_after_forward,
                        mp_policy=precision.fsdp_policy())
 
@@ -252,10 +252,12 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
     engine = build_engine(job, ctx, precision)
     parts, runner = build_parallel_model(job, vocab, ctx, device,
                                          job.trainer.microbatches(dims.dp), engine)
+    # Initial weights before the engine takes the parts: DeepSpeed copies them into its
+    # fp32 master partitions when it starts.
+    apply_init_from_hf(job, parts, vocab, ctx, log=log)
     engine.attach(parts, Optimizers(parts, job.optim))
     if isinstance(runner, DirectRunner):
         runner.model = engine.forward_module(runner.model)
-    apply_init_from_hf(job, parts, vocab, ctx, log=log)
     attach_debug_aux_loss(parts, layer=job.debug.aux_l2_layer, coeff=job.debug.aux_l2_coeff)
     non_emb = job.model.num_params(vocab, embedding=False, active=True)  # MFU: active only
     peak = PeakFlops(device, job.logging.peak_flops, precision.compute_dtype)
@@ -283,7 +285,8 @@ def build_trainer(job: JobConfig, env: ProcessEnv, ctx: ParallelContext, device,
             warn=log,
         ),
         sinks=build_sinks(job, env, run_dir), device=device, config_yaml=to_yaml(job),
-        precision=precision, scaler=LossScaler(job.precision, enabled=precision.loss_scaling),
+        precision=precision,
+        scaler=engine.loss_scaler(job.precision, enabled=precision.loss_scaling),
         guard=StepGuard(ctx, policy=job.trainer.nonfinite, spike_zscore=job.trainer.spike_zscore,
                         spike_window=job.trainer.spike_window,
                         loss_scaling=precision.loss_scaling),
@@ -314,7 +317,11 @@ def build_job_objective(job: JobConfig, tokenizer):
 
 
 def build_precision(job: JobConfig, ctx: ParallelContext) -> PrecisionPolicy:
-    """FSDP2 casts when it wraps the model (``ParallelDims.fsdp_enabled``), else autocast;
-    under DeepSpeed too (fp32 weights in its ZeRO buffers, bf16 compute)."""
-    fsdp = ctx.dims.fsdp_enabled and job.parallel.engine == "fsdp2"
-    return PrecisionPolicy(job.precision, fsdp_enabled=fsdp)
+    """FSDP2 casts when it wraps the model (``ParallelDims.fsdp_enabled``), else autocast.
+    Under DeepSpeed, bf16 is autocast too (fp32 weights in its ZeRO buffers, bf16 compute);
+    fp16 is DeepSpeed's own (fp16 weights, as FSDP2's gathered ones), so no autocast."""
+    if job.parallel.engine == "deepspeed":
+        casts = job.precision.dtype == "fp16"
+    else:
+        casts = ctx.dims.fsdp_enabled
+    return PrecisionPolicy(job.precision, engine_casts=casts)

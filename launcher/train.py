@@ -6,7 +6,6 @@ environment once and hands every component its own config slice.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import traceback
 from pathlib import Path
@@ -26,11 +25,10 @@ from triforge.trainer.trainer import Preempted
 
 from .build import build_trainer, pick_device
 from .config import JobConfig, load_config, to_yaml
+from .deepspeed_check import check_deepspeed
 from .dist import init_distributed, leave_distributed
 from .env import ProcessEnv, read_env
 from .signals import EXIT_PREEMPTED, SignalWatch
-
-ENGINES = ("fsdp2", "deepspeed")
 
 
 def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
@@ -39,6 +37,9 @@ def resolve_layout(job: JobConfig, env: ProcessEnv) -> ParallelDims:
     if job.debug.aux_l2_layer >= job.model.n_layers:
         raise ConfigError(f"config: debug.aux_l2_layer({job.debug.aux_l2_layer}) must be < "
                           f"model.n_layers({job.model.n_layers}), or -1 for off")
+    if job.debug.inject_nonfinite_into == "overflow" and job.precision.dtype != "fp16":
+        raise ConfigError("config: debug.inject_nonfinite_into=overflow needs precision=fp16 "
+                          "(only fp16 gradients overflow)")
     p, t = job.parallel, job.trainer
     check_compile(job)
     check_fused_norm(job)
@@ -78,37 +79,6 @@ def check_fused_norm(job: JobConfig) -> None:
     if impl != "torch" and job.trainer.compile:
         raise ConfigError(f"config: model.norm_impl={impl} is not covered by trainer.compile "
                           "yet; use model.norm_impl=torch with trainer.compile=true")
-
-
-def check_deepspeed(job: JobConfig) -> None:
-    """What ``parallel.engine=deepspeed`` covers so far (trainer/deepspeed_engine.py):
-    ZeRO 1-3 over data parallelism, fp32 or bf16 (autocast over fp32 weights)."""
-    p = job.parallel
-    if p.engine not in ENGINES:
-        raise ConfigError(f"config: parallel.engine='{p.engine}' is not one of {ENGINES}")
-    if p.engine != "deepspeed":
-        return
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("config: parallel.engine=deepspeed needs the 'deepspeed' package; "
-                          "pip install 'triforge[deepspeed]' or use parallel.engine=fsdp2")
-    if p.zero_stage not in (1, 2, 3):
-        raise ConfigError(f"config: parallel.zero_stage({p.zero_stage}) must be 1, 2 or 3")
-    others = {"tp": p.tp, "pp": p.pp, "cp": p.cp, "ep": p.ep}
-    if any(v != 1 for v in others.values()) or job.model.moe.num_experts:
-        raise ConfigError("config: parallel.engine=deepspeed is data parallelism of a dense "
-                          "model only (tp = pp = cp = ep = 1); use parallel.engine=fsdp2")
-    unsupported = {
-        "precision=fp16": job.precision.dtype == "fp16",
-        "checkpoint.init_from / init_from_hf": bool(job.checkpoint.init_from
-                                                    or job.checkpoint.init_from_hf),
-        "trainer.nonfinite=skip": job.trainer.nonfinite == "skip",
-        "trainer.compile": job.trainer.compile,
-        "layer dropping": job.layer_drop.enabled,
-    }
-    missing = [name for name, asked in unsupported.items() if asked]
-    if missing:
-        raise ConfigError("config: parallel.engine=deepspeed does not support "
-                          f"{', '.join(missing)} yet; use parallel.engine=fsdp2")
 
 
 def check_run_dir(run_dir: str) -> Path:

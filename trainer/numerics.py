@@ -29,11 +29,14 @@ class DebugConfig:
     """Testing aids. ``inject_nonfinite_at_step=N`` makes optimizer step N (1-based) non-finite
     on ``inject_nonfinite_rank`` (-1: every rank): ``into=loss`` multiplies the first
     microbatch's loss by NaN (NaN flows through backward), ``into=grad`` writes inf into one
-    gradient after backward (what an fp16 overflow looks like)."""
+    gradient after backward (what an fp16 overflow looks like), ``into=overflow`` (fp16)
+    multiplies the first microbatch's loss by 2**40: the loss stays finite, its fp16
+    gradients overflow for real (also inside an engine that keeps gradients in its own
+    buffers, such as DeepSpeed's)."""
 
     inject_nonfinite_at_step: int = 0
     inject_nonfinite_rank: int = -1
-    inject_nonfinite_into: str = "loss"  # loss | grad
+    inject_nonfinite_into: str = "loss"  # loss | grad | overflow
     # An auxiliary loss aux_l2_coeff * sum(h**2) on block aux_l2_layer's output h (-1: off):
     # a side output of known gradient, to test that auxiliary losses train alike in every
     # layout (models/side_outputs.py).
@@ -44,14 +47,19 @@ class DebugConfig:
     # the machine is (0: off).
     hold_for_signal_at_step: int = 0
     hold_timeout_s: float = 300.0
+    # DeepSpeed refuses fp16 on a CPU without oneDNN's fp16 kernels (its accelerator's
+    # is_fp16_supported), though PyTorch computes fp16 on any CPU, more slowly: true lifts
+    # that gate, so that DeepSpeed's fp16 path (its loss scaler, overflow skips, fp32 master
+    # copies) can be tested on such machines. Never needed on a GPU.
+    deepspeed_cpu_fp16: bool = False
 
     def validate(self) -> None:
         if self.inject_nonfinite_at_step < 0:
             raise ValueError(f"debug.inject_nonfinite_at_step({self.inject_nonfinite_at_step}) "
                              "must be >= 0")
-        if self.inject_nonfinite_into not in ("loss", "grad"):
+        if self.inject_nonfinite_into not in ("loss", "grad", "overflow"):
             raise ValueError(f"debug.inject_nonfinite_into='{self.inject_nonfinite_into}' must "
-                             "be loss or grad")
+                             "be loss, grad or overflow")
         if not (math.isfinite(self.aux_l2_coeff) and self.aux_l2_coeff >= 0):
             raise ValueError(f"debug.aux_l2_coeff({self.aux_l2_coeff}) must be finite and >= 0")
         if self.hold_for_signal_at_step < 0 or not self.hold_timeout_s >= 0:
@@ -145,9 +153,11 @@ class NonfiniteInjector:
                 and cfg.inject_nonfinite_rank in (-1, self.rank))
 
     def objective(self, objective, step: int):
-        """``objective``, or a wrapper whose first loss this step is NaN."""
-        if self.active(step) and self.cfg.inject_nonfinite_into == "loss":
-            return _NaNLoss(objective)
+        """``objective``, or a wrapper whose first loss this step is NaN (or 2**40 times
+        larger: ``into=overflow``)."""
+        into = self.cfg.inject_nonfinite_into
+        if self.active(step) and into in FACTORS:
+            return _ScaledLoss(objective, FACTORS[into])
         return objective
 
     def gradients(self, parts: list[nn.Module], step: int) -> None:
@@ -162,11 +172,16 @@ class NonfiniteInjector:
                         return
 
 
-class _NaNLoss:
-    """An objective whose first ``loss`` call returns NaN (then behaves normally)."""
+FACTORS = {"loss": float("nan"), "overflow": 2.0**40}
 
-    def __init__(self, objective):
+
+class _ScaledLoss:
+    """An objective whose first ``loss`` call is multiplied by ``factor`` (then behaves
+    normally)."""
+
+    def __init__(self, objective, factor: float):
         self._objective = objective
+        self._factor = factor
         self._done = False
 
     def __getattr__(self, name):
@@ -176,7 +191,7 @@ class _NaNLoss:
         value = self._objective.loss(logits, labels)
         if not self._done:
             self._done = True
-            value = value * float("nan")
+            value = value * self._factor
         return value
 
 
