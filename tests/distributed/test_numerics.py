@@ -35,13 +35,42 @@ def tensors(run_dir: Path, step: int) -> dict:
     return torch.load(out, weights_only=True)
 
 
+ENGINES = {
+    "fsdp2": FSDP2,
+    # DeepSpeed's own fp16 (its loss scaler and overflow check) on a CPU it would refuse
+    "deepspeed_zero2": ["parallel.engine=deepspeed", "parallel.zero_stage=2",
+                        "debug.deepspeed_cpu_fp16=true"],
+}
+FP16_OVERFLOW = [*EVERY_STEP, *ON_RANK_1_AT_3, "precision=fp16", "precision.hysteresis=1",
+                 "trainer.max_steps=4", "debug.inject_nonfinite_into=overflow"]
+
+
+@pytest.fixture(scope="module")
+def fp16_overflow(tmp_path_factory, data_overrides):
+    """engine -> (run dir, records) of an fp16 run whose step 3 overflows on rank 1 alone
+    (a real overflow: the loss times 2**40), each run once per module."""
+    runs: dict[str, tuple[Path, list[dict]]] = {}
+
+    def run(engine: str) -> tuple[Path, list[dict]]:
+        if engine not in runs:
+            if engine != "fsdp2":
+                pytest.importorskip("deepspeed")
+            run_dir = tmp_path_factory.mktemp(engine)
+            records = run_layout(run_dir, 2, [*ENGINES[engine], *FP16_OVERFLOW],
+                                 data_overrides, common("checkpoint.", "trainer.max_steps"))
+            runs[engine] = run_dir, records
+        return runs[engine]
+
+    return run
+
+
 @pytest.mark.distributed
-def test_fp16_overflow_on_one_rank_skips_everywhere(tmp_path, data_overrides):
-    run_dir = tmp_path / "fp16"
-    records = run_layout(run_dir, 2, [*FSDP2, *EVERY_STEP, *ON_RANK_1_AT_3, "precision=fp16",
-                                      "precision.hysteresis=1", "trainer.max_steps=4",
-                                      "debug.inject_nonfinite_into=grad"],
-                         data_overrides, common("checkpoint.", "trainer.max_steps"))
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_fp16_overflow_on_one_rank_skips_everywhere(engine, fp16_overflow):
+    """The step is skipped and counted, the scale backs off, and the weights and optimizer
+    state stay as they were, bit for bit: under FSDP2 with our scaler, and under DeepSpeed
+    with its own."""
+    run_dir, records = fp16_overflow(engine)
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1]
     assert [r["loss_scale"] for r in records] == [65536.0, 65536.0, 32768.0, 32768.0]
     before, skipped, after = (flat(tensors(run_dir, s)) for s in (2, 3, 4))
@@ -56,8 +85,28 @@ def test_fp16_overflow_on_one_rank_skips_everywhere(tmp_path, data_overrides):
 
 
 @pytest.mark.distributed
-def test_nan_loss_on_one_rank_is_skipped_by_all(tmp_path, data_overrides):
-    records = run_layout(tmp_path / "skip", 2, [*FSDP2, *ON_RANK_1_AT_3, "trainer.max_steps=5",
+def test_deepspeed_fp16_trains_like_fsdp2_fp16(fp16_overflow):
+    """Around the same overflow, DeepSpeed's fp16 (fp16 weights, fp32 master copies,
+    gradients reduced in fp32) tracks FSDP2's: losses and gradient norms within 4 fp16 unit
+    roundoffs (the tracking bound of tests/integration/test_precision.py)."""
+    _, ours = fp16_overflow("fsdp2")
+    _, theirs = fp16_overflow("deepspeed_zero2")
+    for key in ("loss", "grad_norm"):
+        pairs = [(a[key], b[key]) for a, b in zip(theirs, ours, strict=True) if a["step"] != 3]
+        gap = max(abs(a - b) / abs(b) for a, b in pairs)
+        assert gap < 4 * UNIT_ROUNDOFF["fp16"], (key, gap)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed_zero3"])
+def test_nan_loss_on_one_rank_is_skipped_by_all(engine, tmp_path, data_overrides):
+    """Under DeepSpeed (fp32 here) the skip goes through its own overflow path, which drops
+    the non-finite gradients without an update."""
+    layout = FSDP2
+    if engine != "fsdp2":
+        pytest.importorskip("deepspeed")
+        layout = ["parallel.engine=deepspeed", "parallel.zero_stage=3"]
+    records = run_layout(tmp_path / "skip", 2, [*layout, *ON_RANK_1_AT_3, "trainer.max_steps=5",
                                                 "trainer.nonfinite=skip"],
                          data_overrides, common("trainer.max_steps"))
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1]

@@ -200,3 +200,25 @@ def test_moe_checkpoint_reshards_across_expert_parallel_sizes(source, dest, moe_
     resume_and_compare(f"moe {source} -> {dest}", saved_by(source), MOE_LAYOUTS[dest], MOE,
                        baseline, ("loss", "grad_norm", "moe_0_bias_norm"), tmp_path / dest,
                        data_overrides)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("dest", "load"), [("zero2", "weights"), ("zero3", "weights+optimizer")])
+def test_deepspeed_starts_from_another_runs_checkpoint_as_one_process_does(
+        dest, load, baseline, tmp_path, data_overrides):
+    """checkpoint.init_from under DeepSpeed: the single process's step-3 checkpoint as step 0
+    of a new run, with its weights alone (DeepSpeed's fp32 master partitions written too, or
+    its first update would undo them) or with Adam's moments as well; the same losses and
+    gradient norms as the single process started from the same checkpoint."""
+    pytest.importorskip("deepspeed")
+    start = [f"checkpoint.init_from={baseline[1]}", f"checkpoint.load={load}",
+             "checkpoint.every=0", "checkpoint.save_at_end=false"]
+    common = [a for a in NO_SAVES if not a.startswith("trainer.max_steps")]
+    short = [*common, "trainer.max_steps=3"]
+    one = run_layout(tmp_path / "one", 1, start, data_overrides, short)
+    nproc, overrides = LAYOUTS[dest]
+    ds = run_layout(tmp_path / dest, nproc, [*overrides, *start], data_overrides, short)
+    assert one[0]["loss"] < baseline[0][0]["loss"] - 0.3  # trained weights, not fresh ones
+    for key in ("loss", "grad_norm"):
+        diff = max_rel_diff([r[key] for r in ds], [r[key] for r in one])
+        assert diff <= RTOL, f"init_from -> {dest} ({load}): {key} differs by {diff:.2e}"

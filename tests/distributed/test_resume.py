@@ -17,17 +17,25 @@ LAYOUTS = {
     "dp2_tp2": (4, ["parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.tp=2"]),
     "pp2_tp1": (2, ["parallel.pp=2", "parallel.pp_schedule=interleaved_1f1b",
                     "parallel.pp_virtual_stages=2"]),
-    # DeepSpeed's partitions written as whole tensors in our format, and written back
-    "deepspeed_zero2": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=2"]),
+    # DeepSpeed's partitions written as whole tensors in our format, and written back;
+    # under fp16 with its own loss scaler, whose growth (due at step 4: an overflow at
+    # step 1, then growth_interval + 1 clean steps) the resumed run must time the same
+    "deepspeed_zero2_fp16": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=2",
+                                 "precision=fp16", "debug.deepspeed_cpu_fp16=true",
+                                 "precision.growth_interval=2",
+                                 "debug.inject_nonfinite_at_step=1",
+                                 "debug.inject_nonfinite_into=overflow"]),
     "deepspeed_zero3": (2, ["parallel.engine=deepspeed", "parallel.zero_stage=3"]),
     # context parallelism: FSDP shards over the cp ranks; both read the same samples
     "cp2_ul2": (2, ["parallel.cp=2", "objective=ul2", "data.document_masking=true"]),
 }
 
 
-def losses(run_dir) -> dict[int, float]:
+def losses(run_dir) -> dict[int, tuple]:
+    """Each step's loss, with the loss scale and skipped-step count of fp16 runs."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+    return {r["step"]: (r["loss"], r.get("loss_scale"), r["skipped_steps"])
+            for r in map(json.loads, lines)}
 
 
 @pytest.mark.distributed

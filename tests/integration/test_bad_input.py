@@ -32,10 +32,14 @@ BASE = ["model=tiny", "logging.wandb.enabled=false", "logging.progress_bar=false
      r"parallel.zero_stage\(4\) must be 1, 2 or 3"),
     (["parallel.engine=deepspeed", "parallel.tp=2"],
      r"parallel.engine=deepspeed is data parallelism of a dense model only"),
-    (["parallel.engine=deepspeed", "precision=fp16"],
-     r"parallel.engine=deepspeed does not support precision=fp16 yet"),
-    (["parallel.engine=deepspeed", "checkpoint.init_from=/nowhere", "trainer.nonfinite=skip"],
-     r"does not support checkpoint.init_from / init_from_hf, trainer.nonfinite=skip yet"),
+    (["parallel.engine=deepspeed", "trainer.spike_zscore=4", "trainer.compile=true"],
+     r"does not support trainer.spike_zscore, trainer.compile yet"),
+    (["parallel.engine=deepspeed", "precision=fp16", "precision.growth_factor=3"],
+     r"precision=fp16 under parallel.engine=deepspeed scales by 2 and 1/2"),
+    (["parallel.engine=deepspeed", "precision=fp16", "precision.initial_scale=1000"],
+     r"precision.initial_scale\(1000.0\) must be a power of two"),
+    (["debug.inject_nonfinite_into=overflow"],
+     r"debug.inject_nonfinite_into=overflow needs precision=fp16"),
     (["model.norm_impl=triton", "trainer.compile=true"],
      r"model.norm_impl=triton is not covered by trainer.compile yet"),
     (["parallel.cp=2", "trainer.seq_len=34"],
@@ -52,6 +56,19 @@ def test_job_values_that_cannot_run_are_config_errors(tmp_path, data_overrides, 
         train(job, log=lambda *_: None, env=ProcessEnv())
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_deepspeed_fp16_on_a_cpu_without_its_kernels_is_a_config_error(tmp_path, data_overrides,
+                                                                        monkeypatch):
+    """DeepSpeed asks oneDNN whether this CPU has fp16 kernels; most do not."""
+    from deepspeed.accelerator import get_accelerator
+
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: False)
+    job = load_config([*BASE, *data_overrides, f"run.dir={tmp_path}", "trainer.device=cpu",
+                       "parallel.engine=deepspeed", "precision=fp16"])
+    with pytest.raises(ConfigError, match=r"DeepSpeed refuses precision=fp16 on this CPU "
+                                          r"\(no oneDNN fp16 kernels\); use precision=bf16"):
+        train(job, log=lambda *_: None, env=ProcessEnv())
 
 
 def test_triton_on_a_cpu_needs_the_interpreter(tmp_path, data_overrides):
