@@ -8,7 +8,9 @@ import math
 
 from triforge.errors import ConfigError
 
+from .build import pick_device
 from .config import JobConfig
+from .env import ProcessEnv
 
 ENGINES = ("fsdp2", "deepspeed")
 
@@ -55,7 +57,8 @@ def check_deepspeed_fp16(job: JobConfig) -> None:
         raise ConfigError(f"config: precision.initial_scale({cfg.initial_scale}) must be a "
                           f"power of two and precision.min_scale({cfg.min_scale}) a whole "
                           "number under parallel.engine=deepspeed")
-    if job.debug.deepspeed_cpu_fp16 or not _on_cpu(job):
+    on_cpu = pick_device(job.trainer.device, ProcessEnv()).type == "cpu"
+    if job.debug.deepspeed_cpu_fp16 or not on_cpu:
         return
     from deepspeed.accelerator import get_accelerator
 
@@ -63,8 +66,3 @@ def check_deepspeed_fp16(job: JobConfig) -> None:
         raise ConfigError("config: DeepSpeed refuses precision=fp16 on this CPU (no oneDNN fp16 "
                           "kernels); use precision=bf16, or a GPU")
 
-
-def _on_cpu(job: JobConfig) -> bool:
-    import torch
-
-    return job.trainer.device == "cpu" or not torch.cuda.is_available()

@@ -202,10 +202,13 @@ class DeepSpeedEngine:
 
     def tensor_state(self) -> DeepSpeedState:
         """Checkpoints in triforge's own format (trainer/deepspeed_state.py)."""
-        return DeepSpeedState(self.ds, self.parts[0], self.optimizer.optimizers[0],
-                              self.config["zero_optimization"]["stage"])
+        return self._state(weights_only=False)
 
     def model_state(self) -> DeepSpeedState:
         """The weights alone, written into DeepSpeed's master copies as well."""
+        return self._state(weights_only=True)
+
+    def _state(self, *, weights_only: bool) -> DeepSpeedState:
         return DeepSpeedState(self.ds, self.parts[0], self.optimizer.optimizers[0],
-                              self.config["zero_optimization"]["stage"], weights_only=True)
+                              self.config["zero_optimization"]["stage"],
+                              weights_only=weights_only)
